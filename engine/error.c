@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+/* Per-thread error message buffer behind uq_errmsg(). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "uqcow.h"
+
+static _Thread_local char errbuf[1024];
+
+int uq_seterr(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+void uq_errprefix(const char *prefix)
+{
+	char tmp[sizeof(errbuf)];
+
+	snprintf(tmp, sizeof(tmp), "%s: %s", prefix, errbuf);
+	memcpy(errbuf, tmp, sizeof(errbuf));
+}
+
+void uq_errclear(void)
+{
+	errbuf[0] = '\0';
+}
+
+const char *uq_errmsg(void)
+{
+	return errbuf;
+}

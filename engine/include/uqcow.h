@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+/* uqcow public API: open, inspect, read and write qcow2 (and raw) images.
+ * Every fallible call returns 0 (or a byte count) or a negative errno. */
+#ifndef UQCOW_H
+#define UQCOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct uq_image uq_image;
+
+enum uq_backend {
+	UQ_IO_AUTO = 0, /* io_uring, falling back to psync if it can't be set up */
+	UQ_IO_URING,
+	UQ_IO_PSYNC,
+	UQ_IO_MEM,      /* in-memory file, contents given in uq_open_opts */
+};
+
+enum uq_format {
+	UQ_FMT_PROBE = 0, /* qcow2 if the magic matches, raw otherwise */
+	UQ_FMT_QCOW2,
+	UQ_FMT_RAW,
+};
+
+#define UQ_OPEN_RDWR       (1u << 0)
+#define UQ_OPEN_DIRECT     (1u << 1) /* O_DIRECT (qemu-img cache=none) */
+#define UQ_OPEN_NO_BACKING (1u << 2) /* don't open the backing chain */
+
+struct uq_open_opts {
+	size_t struct_size;       /* sizeof(struct uq_open_opts): lets the ABI grow */
+	unsigned flags;           /* UQ_OPEN_* */
+	enum uq_backend backend;
+	enum uq_format format;
+	uint64_t l2_cache_size;   /* bytes; 0 = cover the image up to 32 MiB */
+	unsigned queue_depth;     /* io_uring entries; 0 = 128 */
+	const void *mem_data;     /* UQ_IO_MEM: initial file contents (copied) */
+	size_t mem_len;
+};
+
+/* Message describing the last failure of a uq_ call on this thread,
+ * "" if none. Names the file, the field and the reason where it can. */
+const char *uq_errmsg(void);
+
+int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out);
+int uq_close(uq_image *img);
+
+/* ---- inspection ---- */
+
+struct uq_info {
+	enum uq_format format;
+	uint32_t version;          /* 2 or 3; 0 for raw */
+	uint64_t virtual_size;
+	uint32_t cluster_size;     /* 0 for raw */
+	uint32_t refcount_bits;
+	uint64_t incompatible_features;
+	uint64_t compatible_features;
+	uint64_t autoclear_features;
+	int compression_type;      /* 0 zlib, 1 zstd */
+	int extended_l2;
+	int lazy_refcounts;
+	int corrupt;
+	int dirty;
+	int data_file_raw;
+	int has_bitmaps;
+	uint32_t nb_snapshots;
+	uint64_t actual_size;      /* bytes the file occupies on disk */
+	uint64_t file_length;      /* end of file */
+	char filename[4096];
+	char backing_file[1024];   /* as stored in the image; "" if none */
+	char backing_full[4096];   /* resolved against the image's directory */
+	char backing_format[32];
+	char data_file[1024];
+	const char *backend;       /* "io_uring", "psync" or "mem" */
+};
+
+int uq_get_info(uq_image *img, struct uq_info *out);
+
+/* Next image of the backing chain, or NULL. Owned by img. */
+uq_image *uq_backing(uq_image *img);
+
+struct uq_snapshot_info {
+	char id[128];
+	char name[1024];
+	uint64_t vm_state_size;
+	uint32_t date_sec;
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec;
+	uint64_t disk_size;        /* virtual size when taken */
+	uint64_t icount;           /* guest instruction count; UINT64_MAX if absent */
+	uint32_t l1_size;
+};
+
+int uq_snapshot_get(uq_image *img, uint32_t idx, struct uq_snapshot_info *out);
+
+/* Allocation status of [off, off+len), as qemu-img map reports it: the
+ * longest run from off (at most len bytes) whose status is uniform. */
+struct uq_extent {
+	uint64_t start;
+	uint64_t length;
+	int depth;        /* image of the chain that supplies it: 0 = this one */
+	int present;      /* some image of the chain allocates it */
+	int zero;         /* reads as zeros */
+	int data;         /* has data at offset (not zero, not unallocated) */
+	int compressed;
+	int has_offset;
+	uint64_t offset;  /* host offset in the data file of image `depth` */
+};
+
+int uq_block_status(uq_image *img, uint64_t off, uint64_t len,
+		    struct uq_extent *ext);
+
+/* ---- I/O: asynchronous core ---- */
+
+/* Completion: res is the byte count or a negative errno. */
+typedef void (*uq_done_fn)(void *arg, ssize_t res);
+
+/* Queue a guest read; cb runs from uq_poll on the calling thread. */
+int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
+		uq_done_fn cb, void *arg);
+
+/* Submit queued I/O and reap completions until at least min_complete
+ * requests have finished (0: don't wait). Returns the number finished. */
+int uq_poll(uq_image *img, unsigned min_complete);
+
+/* Synchronous wrappers: submit and wait. */
+ssize_t uq_pread(uq_image *img, void *buf, size_t len, uint64_t off);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
