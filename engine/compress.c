@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: MIT
+/* zlib and zstd codecs for compressed clusters, matching what QEMU writes:
+ * zlib as raw deflate with a 4 KiB window, zstd as one frame. */
+#include <errno.h>
+#include <stdint.h>
+#include <zlib.h>
+#include <zstd.h>
+#include <zstd_errors.h>
+
+#include "compress.h"
+#include "error.h"
+#include "format.h"
+
+static int zlib_inflate(const void *src, size_t slen, void *dst, size_t dlen)
+{
+	z_stream s = { 0 };
+	int ret;
+
+	if (slen > UINT32_MAX || dlen > UINT32_MAX)
+		return -EINVAL;
+	/* negative window bits: raw deflate, no zlib header */
+	if (inflateInit2(&s, -12) != Z_OK)
+		return -ENOMEM;
+	s.next_in = (Bytef *)src;
+	s.avail_in = (uInt)slen;
+	s.next_out = dst;
+	s.avail_out = (uInt)dlen;
+	ret = inflate(&s, Z_FINISH);
+	inflateEnd(&s);
+	/* Z_BUF_ERROR with a full output is fine: the stream may go on into
+	 * bytes that belong to the next compressed cluster. */
+	if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && s.avail_out == 0)
+		return 0;
+	return -EIO;
+}
+
+static int zstd_inflate(const void *src, size_t slen, void *dst, size_t dlen)
+{
+	ZSTD_DCtx *d = ZSTD_createDCtx();
+	ZSTD_inBuffer in = { src, slen, 0 };
+	ZSTD_outBuffer out = { dst, dlen, 0 };
+	int ret = -EIO;
+
+	if (!d)
+		return -ENOMEM;
+	/* Stream until the cluster is full; what follows is another cluster's
+	 * data or padding, so the frame need not end exactly at slen. */
+	while (out.pos < out.size && in.pos < in.size) {
+		size_t r = ZSTD_decompressStream(d, &out, &in);
+
+		if (ZSTD_isError(r))
+			goto out;
+		if (r == 0 && out.pos < out.size)
+			goto out;   /* frame ended short of a cluster */
+	}
+	if (out.pos == out.size)
+		ret = 0;
+out:
+	ZSTD_freeDCtx(d);
+	return ret;
+}
+
+int uq_decompress(int type, const void *src, size_t slen, void *dst, size_t dlen)
+{
+	int ret;
+
+	switch (type) {
+	case QCOW_COMPRESS_ZLIB:
+		ret = zlib_inflate(src, slen, dst, dlen);
+		break;
+	case QCOW_COMPRESS_ZSTD:
+		ret = zstd_inflate(src, slen, dst, dlen);
+		break;
+	default:
+		return uq_seterr(-EINVAL, "compression_type %d is unknown", type);
+	}
+	if (ret == -EIO)
+		uq_seterr(ret, "compressed cluster data is corrupt (%s)",
+			  type == QCOW_COMPRESS_ZLIB ? "zlib" : "zstd");
+	return ret;
+}
+
+static ssize_t zlib_deflate(const void *src, size_t slen, void *dst, size_t dcap)
+{
+	z_stream s = { 0 };
+	ssize_t ret;
+	int zr;
+
+	if (slen > UINT32_MAX || dcap > UINT32_MAX)
+		return -EINVAL;
+	if (deflateInit2(&s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+			 Z_DEFAULT_STRATEGY) != Z_OK)
+		return -ENOMEM;
+	s.next_in = (Bytef *)src;
+	s.avail_in = (uInt)slen;
+	s.next_out = dst;
+	s.avail_out = (uInt)dcap;
+	zr = deflate(&s, Z_FINISH);
+	if (zr == Z_STREAM_END)
+		ret = (ssize_t)(dcap - s.avail_out);
+	else if (zr == Z_OK || zr == Z_BUF_ERROR)
+		ret = -ENOSPC;
+	else
+		ret = -EIO;
+	deflateEnd(&s);
+	return ret;
+}
+
+static ssize_t zstd_deflate(const void *src, size_t slen, void *dst, size_t dcap)
+{
+	size_t r = ZSTD_compress(dst, dcap, src, slen, ZSTD_CLEVEL_DEFAULT);
+
+	if (ZSTD_isError(r))
+		return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EIO;
+	return (ssize_t)r;
+}
+
+ssize_t uq_compress(int type, const void *src, size_t slen, void *dst, size_t dcap)
+{
+	switch (type) {
+	case QCOW_COMPRESS_ZLIB:
+		return zlib_deflate(src, slen, dst, dcap);
+	case QCOW_COMPRESS_ZSTD:
+		return zstd_deflate(src, slen, dst, dcap);
+	default:
+		return uq_seterr(-EINVAL, "compression_type %d is unknown", type);
+	}
+}

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/* Cluster compression as qcow2 stores it: raw deflate (window 2^12) for
+ * zlib, a zstd frame for zstd. */
+#ifndef UQ_COMPRESS_H
+#define UQ_COMPRESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Inflate src into exactly dlen bytes of dst. Trailing bytes after the
+ * stream are ignored (the last sector is shared with the next cluster).
+ * Returns 0, or -EIO if the data is corrupt or too short. */
+int uq_decompress(int type, const void *src, size_t slen, void *dst, size_t dlen);
+
+/* Compress src into dst (capacity dcap). Returns the compressed length,
+ * -ENOSPC if it doesn't fit in dcap (store uncompressed), -errno else. */
+ssize_t uq_compress(int type, const void *src, size_t slen, void *dst, size_t dcap);
+
+#endif

@@ -1,0 +1,548 @@
+// SPDX-License-Identifier: MIT
+/* Opening and closing images: header and feature checks, L1 and snapshot
+ * tables, the backing chain and the external data file. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "error.h"
+#include "internal.h"
+
+#define PROBE_BYTES (2u << 20) /* one maximal cluster holds header + extensions */
+
+/* Files already open further up the chain, to refuse loops. */
+struct chain_id {
+	const struct chain_id *up;
+	dev_t dev;
+	ino_t ino;
+};
+
+struct open_args {
+	const struct uq_open_opts *o;
+	struct uq_ctx *ctx;
+	int depth;
+	const struct chain_id *up;
+};
+
+static int open_one(const char *path, enum uq_format fmt, const struct open_args *a,
+		    uq_image **out);
+
+char *uq_dirname(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	if (!slash)
+		return strdup(".");
+	if (slash == path)
+		return strdup("/");
+	return strndup(path, (size_t)(slash - path));
+}
+
+/* Backing and data-file names must be plain paths: a protocol prefix or a
+ * json: spec could make us open something the image author chose
+ * (the CVE-2024-4467 class). Like QEMU, a ':' before any '/' is a prefix. */
+static int check_plain_path(const char *what, const char *name, size_t len)
+{
+	if (len == 0)
+		return uq_seterr(-EINVAL, "%s name is empty", what);
+	if (memchr(name, '\0', len))
+		return uq_seterr(-EINVAL, "%s name contains a NUL byte", what);
+	const char *colon = memchr(name, ':', len);
+	const char *slash = memchr(name, '/', len);
+
+	if (colon && (!slash || colon < slash))
+		return uq_seterr(-EINVAL, "%s name '%.*s' is a protocol or json: "
+				 "spec, not a plain path", what, (int)len, name);
+	return 0;
+}
+
+static char *resolve(const char *dir, const char *name)
+{
+	char *p;
+
+	if (name[0] == '/')
+		return strdup(name);
+	if (asprintf(&p, "%s/%s", dir, name) < 0)
+		return NULL;
+	return p;
+}
+
+static int check_features(uq_image *img)
+{
+	const struct uq_header *h = &img->h;
+	uint64_t unknown = h->incompatible_features & ~QCOW_INCOMPAT_KNOWN;
+	char name[64];
+
+	if (unknown) {
+		unsigned bit = (unsigned)__builtin_ctzll(unknown);
+
+		uq_feature_name(img->exts, 0, bit, name, sizeof(name));
+		return uq_seterr(-ENOTSUP, "incompatible_features: unknown incompatible "
+				 "feature: %s", name);
+	}
+	if (h->crypt_method)
+		return uq_seterr(-ENOTSUP, "crypt_method: encrypted images (%s) are "
+				 "not supported", h->crypt_method == 1 ? "AES" : "LUKS");
+	if (img->exts->has_crypto)
+		return uq_seterr(-ENOTSUP, "header extension: full disk encryption "
+				 "header present: encrypted images are not supported");
+	if ((img->flags & UQ_OPEN_RDWR) &&
+	    (h->incompatible_features & QCOW_INCOMPAT_CORRUPT))
+		return uq_seterr(-EROFS, "incompatible_features: image is marked "
+				 "corrupt; open it read-only or repair it with check -r all");
+	if ((h->autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW) &&
+	    !(h->incompatible_features & QCOW_INCOMPAT_DATA_FILE))
+		return uq_seterr(-EINVAL, "autoclear_features: data-file-raw is set "
+				 "without an external data file");
+	if ((h->incompatible_features & QCOW_INCOMPAT_DATA_FILE) && h->backing_file_offset &&
+	    (h->autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))
+		return uq_seterr(-EINVAL, "backing_file_offset: a raw external data "
+				 "file can't have a backing file");
+	return 0;
+}
+
+static int load_l1(uq_image *img)
+{
+	size_t bytes = (size_t)img->h.l1_size * 8;
+	uint8_t *raw;
+	int ret;
+
+	if (!bytes)
+		return 0;
+	raw = malloc(bytes);
+	img->l1 = malloc(bytes);
+	if (!raw || !img->l1) {
+		free(raw);
+		return -ENOMEM;
+	}
+	ret = io_pread_full(img->file, raw, bytes, img->h.l1_table_offset);
+	if (ret == 0)
+		for (uint32_t i = 0; i < img->h.l1_size; i++)
+			img->l1[i] = uq_be64(raw + (size_t)i * 8);
+	else
+		uq_seterr(ret, "l1 table: read failed: %s", strerror(-ret));
+	free(raw);
+	return ret;
+}
+
+static int load_snapshots(uq_image *img)
+{
+	uint64_t off = img->h.snapshots_offset, avail;
+	uint32_t n = img->h.nb_snapshots;
+	uint8_t *tab;
+	size_t pos = 0;
+	int ret = 0;
+
+	if (!n)
+		return 0;
+	/* header decode put the table start inside the file */
+	avail = img->file_size - off;
+	if (avail > QCOW_MAX_SNAPSHOT_TABLE)
+		avail = QCOW_MAX_SNAPSHOT_TABLE;
+	tab = malloc(avail ? avail : 1);
+	img->snaps = calloc(n, sizeof(*img->snaps));
+	if (!tab || !img->snaps) {
+		free(tab);
+		return -ENOMEM;
+	}
+	ret = io_pread_full(img->file, tab, avail, off);
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
+		struct uq_snapshot_raw s;
+		struct uq_snap *d = &img->snaps[i];
+
+		ret = uq_snapshot_decode(&img->g, tab + pos, avail - pos,
+					 img->file_size, &s);
+		if (ret < 0) {
+			char msg[512];
+
+			snprintf(msg, sizeof(msg), "%s", uq_errmsg());
+			ret = uq_seterr(ret, "snapshot table: entry %u: %s%s", i, msg,
+					avail == QCOW_MAX_SNAPSHOT_TABLE ?
+					" (table limit is 64 MiB)" : "");
+			break;
+		}
+		d->raw = s;
+		d->raw.id = d->raw.name = NULL;
+		d->id = strndup((const char *)s.id, s.id_len);
+		d->name = strndup((const char *)s.name, s.name_len);
+		if (!d->id || !d->name)
+			ret = -ENOMEM;
+		img->nb_snaps = i + 1;
+		pos += s.entry_len;
+	}
+	free(tab);
+	return ret;
+}
+
+static uint64_t default_cache_bytes(const uq_image *img)
+{
+	uint64_t clusters = (img->size + img->g.cluster_size - 1) >> img->g.cluster_bits;
+	uint64_t bytes = clusters * img->g.l2_entry_bytes;
+
+	bytes = (bytes + img->g.cluster_size - 1) & ~(img->g.cluster_size - 1);
+	return bytes > UQ_DEFAULT_L2_CACHE_MAX ? UQ_DEFAULT_L2_CACHE_MAX : bytes;
+}
+
+static int open_backing(uq_image *img, const struct open_args *a)
+{
+	const struct uq_header *h = &img->h;
+	struct open_args ba = *a;
+	enum uq_format fmt = UQ_FMT_PROBE;
+	uint8_t namebuf[QCOW_MAX_BACKING_NAME + 1];
+	int ret;
+
+	if (!h->backing_file_offset)
+		return 0;
+	ret = io_pread_full(img->file, namebuf, h->backing_file_size, h->backing_file_offset);
+	if (ret < 0)
+		return uq_seterr(ret, "backing file name: read failed");
+	ret = check_plain_path("backing file", (const char *)namebuf, h->backing_file_size);
+	if (ret < 0)
+		return ret;
+	namebuf[h->backing_file_size] = '\0';
+	img->backing_name = strdup((const char *)namebuf);
+	img->backing_path = resolve(img->dir, img->backing_name);
+	if (!img->backing_name || !img->backing_path)
+		return -ENOMEM;
+	if (img->exts->has_backing_fmt) {
+		if (!strcmp(img->exts->backing_fmt, "qcow2"))
+			fmt = UQ_FMT_QCOW2;
+		else if (!strcmp(img->exts->backing_fmt, "raw"))
+			fmt = UQ_FMT_RAW;
+		else
+			return uq_seterr(-ENOTSUP, "backing format '%s' is not supported "
+					 "(qcow2 or raw)", img->exts->backing_fmt);
+	}
+	if ((img->flags & UQ_OPEN_NO_BACKING) || a->o->backend == UQ_IO_MEM)
+		return 0;
+	if (a->depth + 1 >= QCOW_MAX_CHAIN_DEPTH)
+		return uq_seterr(-ELOOP, "backing chain is deeper than %d images",
+				 QCOW_MAX_CHAIN_DEPTH);
+	ba.depth = a->depth + 1;
+	ret = open_one(img->backing_path, fmt, &ba, &img->backing);
+	if (ret < 0) {
+		char msg[768];
+
+		/* keep it one line, naming both ends of the link */
+		snprintf(msg, sizeof(msg), "%s", uq_errmsg());
+		return uq_seterr(ret, "backing file: %s", msg);
+	}
+	img->backing->depth = img->depth + 1;
+	return 0;
+}
+
+static int open_data_file(uq_image *img, const struct open_args *a)
+{
+	unsigned ioflags = (img->flags & UQ_OPEN_RDWR ? IO_RDWR : 0) |
+			   (img->flags & UQ_OPEN_DIRECT ? IO_DIRECT : 0);
+	const char *name = img->exts->data_file;
+	int ret;
+
+	if (!(img->h.incompatible_features & QCOW_INCOMPAT_DATA_FILE)) {
+		if (img->exts->has_data_file)
+			return uq_seterr(-EINVAL, "header extension: data file name "
+					 "without the external data file feature bit");
+		return 0;
+	}
+	if (!img->exts->has_data_file)
+		return uq_seterr(-EINVAL, "incompatible_features: external data file "
+				 "is set but the image names no data file");
+	ret = check_plain_path("data file", name, strlen(name));
+	if (ret < 0)
+		return ret;
+	img->data_file_path = resolve(img->dir, name);
+	if (!img->data_file_path)
+		return -ENOMEM;
+	if (a->o->backend == UQ_IO_MEM)
+		return uq_seterr(-ENOTSUP, "data file: external data files can't be "
+				 "opened from memory");
+	ret = io_file_open(img->data_file_path, ioflags, &img->data);
+	if (ret < 0)
+		return uq_seterr(ret, "data file %s: %s", img->data_file_path, strerror(-ret));
+	return 0;
+}
+
+static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
+		      const struct open_args *a)
+{
+	uint64_t cache;
+	int ret;
+
+	ret = uq_header_decode(head, headlen, img->file_size, &img->h);
+	if (ret < 0)
+		return ret;
+	img->exts = calloc(1, sizeof(*img->exts));
+	if (!img->exts)
+		return -ENOMEM;
+	size_t clen = headlen < (1ull << img->h.cluster_bits) ?
+		      headlen : (size_t)1 << img->h.cluster_bits;
+
+	ret = uq_exts_decode(head, clen, &img->h, img->exts);
+	if (ret < 0)
+		return ret;
+	ret = check_features(img);
+	if (ret < 0)
+		return ret;
+	uq_geom_init(&img->h, &img->g);
+	img->size = img->h.size;
+	ret = load_l1(img);
+	if (ret < 0)
+		return ret;
+	ret = load_snapshots(img);
+	if (ret < 0)
+		return ret;
+	ret = open_data_file(img, a);
+	if (ret < 0)
+		return ret;
+	if (!img->data)
+		img->data = img->file;
+	ret = open_backing(img, a);
+	if (ret < 0)
+		return ret;
+	cache = a->o->l2_cache_size ? a->o->l2_cache_size : default_cache_bytes(img);
+	ret = l2c_create(cache, img->g.cluster_size, img->align, &img->l2c);
+	if (ret < 0)
+		return uq_seterr(ret, "l2-cache-size %llu is out of range",
+				 (unsigned long long)cache);
+	return 0;
+}
+
+static int chain_check(const uq_image *img, const struct open_args *a,
+		       struct chain_id *me)
+{
+	struct stat st;
+
+	if (img->file->fd < 0 || fstat(img->file->fd, &st) < 0)
+		return 0;
+	me->dev = st.st_dev;
+	me->ino = st.st_ino;
+	me->up = a->up;
+	for (const struct chain_id *c = a->up; c; c = c->up)
+		if (c->dev == st.st_dev && c->ino == st.st_ino)
+			return uq_seterr(-ELOOP, "backing chain loops back to this file");
+	return 0;
+}
+
+static int open_one(const char *path, enum uq_format fmt, const struct open_args *a,
+		    uq_image **out)
+{
+	const struct uq_open_opts *o = a->o;
+	struct open_args mine = *a;
+	struct chain_id me = { 0 };
+	uq_image *img;
+	uint8_t *head = NULL;
+	size_t headlen;
+	int ret;
+
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return -ENOMEM;
+	img->path = strdup(path);
+	img->dir = uq_dirname(path);
+	img->ctx = a->ctx;
+	img->depth = a->depth;
+	/* Backing files are only ever read. */
+	img->flags = a->depth ? (o->flags & ~UQ_OPEN_RDWR) : o->flags;
+	img->align = img->flags & UQ_OPEN_DIRECT ? UQ_DIRECT_ALIGN : 64;
+	if (!img->path || !img->dir) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	unsigned ioflags = (img->flags & UQ_OPEN_RDWR ? IO_RDWR : 0) |
+			   (img->flags & UQ_OPEN_DIRECT ? IO_DIRECT : 0);
+
+	if (o->backend == UQ_IO_MEM && a->depth == 0)
+		ret = io_file_open_mem(o->mem_data, o->mem_len, ioflags, &img->file);
+	else
+		ret = io_file_open(path, ioflags, &img->file);
+	if (ret < 0) {
+		uq_seterr(ret, "%s", strerror(-ret));
+		goto fail;
+	}
+	ret = chain_check(img, a, &me);
+	if (ret < 0)
+		goto fail;
+	mine.up = &me;
+	ret = io_file_size(img->file, &img->file_size);
+	if (ret < 0)
+		goto fail;
+	headlen = img->file_size < PROBE_BYTES ? (size_t)img->file_size : PROBE_BYTES;
+	head = malloc(headlen ? headlen : 1);
+	if (!head) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	ret = io_pread_full(img->file, head, headlen, 0);
+	if (ret < 0) {
+		uq_seterr(ret, "reading the header: %s", strerror(-ret));
+		goto fail;
+	}
+	bool magic = headlen >= 4 && uq_be32(head) == QCOW_MAGIC;
+
+	if (fmt == UQ_FMT_QCOW2 || (fmt == UQ_FMT_PROBE && magic)) {
+		if (!magic) {
+			ret = uq_seterr(-EINVAL, "magic: not a qcow2 image");
+			goto fail;
+		}
+		img->fmt = UQ_FMT_QCOW2;
+		ret = open_qcow2(img, head, headlen, &mine);
+	} else {
+		img->fmt = UQ_FMT_RAW;
+		img->size = img->file_size;
+		img->data = img->file;
+	}
+	if (ret < 0)
+		goto fail;
+	free(head);
+	*out = img;
+	return 0;
+fail:
+	free(head);
+	/* prefix once: messages from a backing file already carry their name */
+	if (strncmp(uq_errmsg(), "backing file: ", 14))
+		uq_errprefix(path);
+	uq_close(img);
+	return ret;
+}
+
+int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out)
+{
+	struct uq_open_opts o = { 0 };
+	struct uq_ctx *ctx;
+	struct open_args a = { 0 };
+	const char *force = NULL;
+	uq_image *img;
+	int ret;
+
+	uq_errclear();
+	if (opts)
+		memcpy(&o, opts, opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o));
+	if (o.backend == UQ_IO_URING)
+		force = "io_uring";
+	else if (o.backend == UQ_IO_PSYNC || o.backend == UQ_IO_MEM)
+		force = "psync";
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return -ENOMEM;
+	ctx->done_tail = &ctx->done_head;
+	ret = io_queue_create(force, o.queue_depth ? o.queue_depth : UQ_DEFAULT_QUEUE_DEPTH,
+			      &ctx->q);
+	if (ret < 0) {
+		free(ctx);
+		return uq_seterr(ret, "%s: can't set up the %s I/O queue: %s", path,
+				 force ? force : "default", strerror(-ret));
+	}
+	a.o = &o;
+	a.ctx = ctx;
+	ret = open_one(path, o.format, &a, &img);
+	if (ret < 0) {
+		io_queue_free(ctx->q);
+		free(ctx);
+		return ret;
+	}
+	img->own_ctx = true;
+	*out = img;
+	return 0;
+}
+
+int uq_close(uq_image *img)
+{
+	if (!img)
+		return 0;
+	/* Nothing may complete into freed memory: drain what is in flight. */
+	if (img->own_ctx)
+		while (io_pending(img->ctx->q) && io_reap(img->ctx->q, 1) > 0)
+			;
+	uq_close(img->backing);
+	l2c_destroy(img->l2c);
+	if (img->data && img->data != img->file)
+		io_file_close(img->data);
+	if (img->file)
+		io_file_close(img->file);
+	for (uint32_t i = 0; i < img->nb_snaps; i++) {
+		free(img->snaps[i].id);
+		free(img->snaps[i].name);
+	}
+	free(img->snaps);
+	free(img->l1);
+	free(img->exts);
+	free(img->backing_name);
+	free(img->backing_path);
+	free(img->data_file_path);
+	if (img->own_ctx) {
+		io_queue_free(img->ctx->q);
+		free(img->ctx);
+	}
+	free(img->path);
+	free(img->dir);
+	free(img);
+	return 0;
+}
+
+uq_image *uq_backing(uq_image *img)
+{
+	return img->backing;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+	snprintf(dst, cap, "%s", src ? src : "");
+}
+
+int uq_get_info(uq_image *img, struct uq_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->format = img->fmt;
+	out->virtual_size = img->size;
+	out->file_length = img->file_size;
+	if (io_file_allocated(img->file, &out->actual_size) < 0)
+		out->actual_size = img->file_size;
+	copy_str(out->filename, sizeof(out->filename), img->path);
+	out->backend = io_backend_name(img->ctx->q);
+	if (img->fmt != UQ_FMT_QCOW2)
+		return 0;
+	out->version = img->h.version;
+	out->cluster_size = (uint32_t)img->g.cluster_size;
+	out->refcount_bits = 1u << img->h.refcount_order;
+	out->incompatible_features = img->h.incompatible_features;
+	out->compatible_features = img->h.compatible_features;
+	out->autoclear_features = img->h.autoclear_features;
+	out->compression_type = img->h.compression_type;
+	out->extended_l2 = img->g.extended_l2;
+	out->lazy_refcounts = !!(img->h.compatible_features & QCOW_COMPAT_LAZY_REFCOUNTS);
+	out->corrupt = !!(img->h.incompatible_features & QCOW_INCOMPAT_CORRUPT);
+	out->dirty = !!(img->h.incompatible_features & QCOW_INCOMPAT_DIRTY);
+	out->data_file_raw = !!(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW);
+	out->has_bitmaps = img->exts->has_bitmaps;
+	out->nb_snapshots = img->nb_snaps;
+	copy_str(out->backing_file, sizeof(out->backing_file), img->backing_name);
+	copy_str(out->backing_full, sizeof(out->backing_full), img->backing_path);
+	if (img->exts->has_backing_fmt)
+		copy_str(out->backing_format, sizeof(out->backing_format), img->exts->backing_fmt);
+	if (img->exts->has_data_file)
+		copy_str(out->data_file, sizeof(out->data_file), img->exts->data_file);
+	return 0;
+}
+
+int uq_snapshot_get(uq_image *img, uint32_t idx, struct uq_snapshot_info *out)
+{
+	const struct uq_snap *s;
+
+	if (idx >= img->nb_snaps)
+		return -ENOENT;
+	s = &img->snaps[idx];
+	memset(out, 0, sizeof(*out));
+	copy_str(out->id, sizeof(out->id), s->id);
+	copy_str(out->name, sizeof(out->name), s->name);
+	out->vm_state_size = s->raw.vm_state_size;
+	out->date_sec = s->raw.date_sec;
+	out->date_nsec = s->raw.date_nsec;
+	out->vm_clock_nsec = s->raw.vm_clock_nsec;
+	out->disk_size = s->raw.has_disk_size ? s->raw.disk_size : img->size;
+	out->icount = s->raw.has_icount ? s->raw.icount : UINT64_MAX;
+	out->l1_size = s->raw.l1_size;
+	return 0;
+}

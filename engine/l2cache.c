@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: MIT
+/* L2 table cache for one image, driven from the thread that polls its
+ * queue: a hash of slots, CLOCK eviction, misses filled by the caller. */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "l2cache.h"
+
+enum slot_state { SLOT_FREE, SLOT_FILLING, SLOT_VALID };
+
+struct slot {
+	uint64_t off;
+	uint8_t *buf;             /* allocated on first use */
+	enum slot_state state;
+	bool ref;                 /* CLOCK: used since the hand last passed */
+	int32_t hnext;            /* next slot in the hash chain, -1 ends */
+	struct l2_waiter *waiters;
+};
+
+struct l2cache {
+	struct slot *slots;
+	size_t nslots;
+	int32_t *buckets;
+	size_t nbuckets;          /* power of two */
+	size_t hand;
+	size_t table_bytes;
+	size_t align;
+	struct l2_waiter *starved; /* every slot was filling when these came */
+	uint64_t hits, misses;
+};
+
+static size_t bucket_of(const struct l2cache *c, uint64_t off)
+{
+	/* Offsets are cluster multiples: mix the high bits down. */
+	uint64_t h = off * 0x9e3779b97f4a7c15ull;
+
+	return (size_t)(h >> 32) & (c->nbuckets - 1);
+}
+
+int l2c_create(uint64_t bytes, size_t table_bytes, size_t align,
+	       struct l2cache **out)
+{
+	struct l2cache *c;
+	uint64_t n = bytes / table_bytes;
+
+	if (n < 2)
+		n = 2;
+	if (n > (1u << 24))
+		return -EINVAL;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->nslots = (size_t)n;
+	c->nbuckets = 1;
+	while (c->nbuckets < 2 * c->nslots)
+		c->nbuckets <<= 1;
+	c->slots = calloc(c->nslots, sizeof(*c->slots));
+	c->buckets = malloc(c->nbuckets * sizeof(*c->buckets));
+	if (!c->slots || !c->buckets) {
+		l2c_destroy(c);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < c->nbuckets; i++)
+		c->buckets[i] = -1;
+	c->table_bytes = table_bytes;
+	c->align = align < sizeof(void *) ? sizeof(void *) : align;
+	*out = c;
+	return 0;
+}
+
+void l2c_destroy(struct l2cache *c)
+{
+	if (!c)
+		return;
+	if (c->slots)
+		for (size_t i = 0; i < c->nslots; i++)
+			free(c->slots[i].buf);
+	free(c->slots);
+	free(c->buckets);
+	free(c);
+}
+
+static struct slot *find(struct l2cache *c, uint64_t off)
+{
+	for (int32_t i = c->buckets[bucket_of(c, off)]; i >= 0; i = c->slots[i].hnext)
+		if (c->slots[i].off == off && c->slots[i].state != SLOT_FREE)
+			return &c->slots[i];
+	return NULL;
+}
+
+static void unhash(struct l2cache *c, struct slot *s)
+{
+	int32_t *p = &c->buckets[bucket_of(c, s->off)];
+	int32_t idx = (int32_t)(s - c->slots);
+
+	while (*p >= 0 && *p != idx)
+		p = &c->slots[*p].hnext;
+	if (*p == idx)
+		*p = s->hnext;
+	s->hnext = -1;
+	s->state = SLOT_FREE;
+}
+
+/* CLOCK: a slot used since the hand last passed gets a second chance.
+ * Slots being filled are never taken. */
+static struct slot *victim(struct l2cache *c)
+{
+	for (size_t step = 0; step < 2 * c->nslots; step++) {
+		struct slot *s = &c->slots[c->hand];
+
+		c->hand = (c->hand + 1) % c->nslots;
+		if (s->state == SLOT_FREE)
+			return s;
+		if (s->state == SLOT_FILLING)
+			continue;
+		if (s->ref) {
+			s->ref = false;
+			continue;
+		}
+		unhash(c, s);
+		return s;
+	}
+	return NULL;
+}
+
+int l2c_get(struct l2cache *c, uint64_t off, struct l2_waiter *w,
+	    const uint8_t **tab, uint8_t **fill)
+{
+	struct slot *s = find(c, off);
+
+	if (s && s->state == SLOT_VALID) {
+		s->ref = true;
+		c->hits++;
+		*tab = s->buf;
+		return L2C_HIT;
+	}
+	if (s) {                     /* a read for this table is in flight */
+		w->next = s->waiters;
+		s->waiters = w;
+		return L2C_WAIT;
+	}
+	s = victim(c);
+	if (!s) {
+		w->next = c->starved;
+		c->starved = w;
+		return L2C_WAIT;
+	}
+	if (!s->buf) {
+		void *p;
+
+		if (posix_memalign(&p, c->align, c->table_bytes))
+			return -ENOMEM;
+		s->buf = p;
+	}
+	size_t b = bucket_of(c, off);
+
+	s->off = off;
+	s->state = SLOT_FILLING;
+	s->ref = true;
+	s->waiters = NULL;
+	s->hnext = c->buckets[b];
+	c->buckets[b] = (int32_t)(s - c->slots);
+	c->misses++;
+	*fill = s->buf;
+	return L2C_FILL;
+}
+
+static void wake_all(struct l2_waiter *w, int err)
+{
+	while (w) {
+		struct l2_waiter *next = w->next;
+
+		w->wake(w, err);
+		w = next;
+	}
+}
+
+void l2c_fill_done(struct l2cache *c, uint64_t off, int err)
+{
+	struct slot *s = find(c, off);
+	struct l2_waiter *w, *starved;
+
+	if (!s || s->state != SLOT_FILLING)
+		return;
+	w = s->waiters;
+	s->waiters = NULL;
+	if (err < 0)
+		unhash(c, s);
+	else
+		s->state = SLOT_VALID;
+	/* Detach before waking: wakers call l2c_get and may park again. */
+	starved = c->starved;
+	c->starved = NULL;
+	wake_all(w, err);
+	wake_all(starved, 0);
+}
+
+void l2c_invalidate(struct l2cache *c, uint64_t off)
+{
+	struct slot *s = find(c, off);
+
+	if (s && s->state == SLOT_VALID)
+		unhash(c, s);
+}
+
+size_t l2c_slots(const struct l2cache *c) { return c->nslots; }
+uint64_t l2c_hits(const struct l2cache *c) { return c->hits; }
+uint64_t l2c_misses(const struct l2cache *c) { return c->misses; }

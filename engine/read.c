@@ -1,0 +1,576 @@
+// SPDX-License-Identifier: MIT
+/* The asynchronous read path: a guest read is split into cluster pieces,
+ * each resolved through the L2 cache (parked on a miss) and served from the
+ * data file, zeros, a compressed cluster or the backing image. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compress.h"
+#include "error.h"
+#include "internal.h"
+
+#define MAX_REQUEST (64u << 20)     /* bounds the piece array of one request */
+#define RAW_PIECE (1u << 20)        /* raw images are read in 1 MiB pieces */
+
+struct rreq;
+
+struct piece {
+	struct l2_waiter w;         /* parked on an L2 miss */
+	struct rreq *rq;
+	uint64_t off;               /* guest offset */
+	size_t len;
+	uint8_t *buf;
+	struct io_req io;           /* the L2 fill, then the first data read */
+	bool io_busy;
+};
+
+/* A data read of a piece beyond its first, or a compressed cluster read. */
+struct op {
+	struct io_req io;
+	struct rreq *rq;
+	uint8_t *cbuf;              /* compressed bytes (compressed ops) */
+	uint8_t *dst;               /* where the wanted part of the cluster goes */
+	size_t intra, len;
+};
+
+struct rreq {
+	uq_image *img;
+	void (*done)(void *arg, ssize_t res);
+	void *arg;
+	size_t len;
+	unsigned pending;           /* parts not finished, +1 while setting up */
+	int err;
+	size_t npieces;
+	struct piece pieces[];
+};
+
+static void rreq_put(struct rreq *rq)
+{
+	if (--rq->pending)
+		return;
+	rq->done(rq->arg, rq->err ? rq->err : (ssize_t)rq->len);
+	free(rq);
+}
+
+static void rreq_fail(struct rreq *rq, int err)
+{
+	if (!rq->err)
+		rq->err = err;
+}
+
+/* ---- data, zeros and backing ---- */
+
+static void data_done(struct io_req *io, ssize_t res)
+{
+	struct rreq *rq;
+
+	if (io->priv) {                      /* a struct op */
+		struct op *op = io->priv;
+
+		rq = op->rq;
+		free(op);
+	} else {
+		struct piece *p = (struct piece *)((char *)io - offsetof(struct piece, io));
+
+		rq = p->rq;
+	}
+	if (res < 0)
+		rreq_fail(rq, (int)res);
+	else if ((size_t)res != io->len)
+		rreq_fail(rq, -EIO);
+	rreq_put(rq);
+}
+
+static void read_data(struct piece *p, uint8_t *buf, size_t len, uint64_t host)
+{
+	struct rreq *rq = p->rq;
+	struct io_req *io;
+
+	if (!p->io_busy) {
+		p->io_busy = true;
+		io = &p->io;
+		io->priv = NULL;
+	} else {
+		struct op *op = calloc(1, sizeof(*op));
+
+		if (!op) {
+			rreq_fail(rq, -ENOMEM);
+			return;
+		}
+		op->rq = rq;
+		io = &op->io;
+		io->priv = op;
+	}
+	rq->pending++;
+	io->op = IO_READ;
+	io->file = rq->img->data;
+	io->buf = buf;
+	io->len = len;
+	io->off = host;
+	io->done = data_done;
+	io_queue_req(rq->img->ctx->q, io);
+}
+
+static void child_done(void *arg, ssize_t res)
+{
+	struct rreq *rq = arg;
+
+	if (res < 0)
+		rreq_fail(rq, (int)res);
+	rreq_put(rq);
+}
+
+/* Unallocated: the backing image's content, zeros past its end. */
+static void read_backing(struct piece *p, uint8_t *buf, size_t len, uint64_t off)
+{
+	struct rreq *rq = p->rq;
+	uq_image *b = rq->img->backing;
+	size_t in = 0;
+	int ret;
+
+	if (b && off < b->size)
+		in = b->size - off < len ? (size_t)(b->size - off) : len;
+	if (in) {
+		rq->pending++;
+		ret = uq_read_start(b, buf, in, off, child_done, rq);
+		if (ret < 0) {
+			rreq_fail(rq, ret);
+			rq->pending--;
+		}
+	}
+	memset(buf + in, 0, len - in);
+}
+
+static void compressed_done(struct io_req *io, ssize_t res)
+{
+	struct op *op = io->priv;
+	struct rreq *rq = op->rq;
+	uq_image *img = rq->img;
+	uint8_t *cluster = NULL;
+	int ret = res < 0 ? (int)res : 0;
+
+	if (!ret) {
+		cluster = malloc(img->g.cluster_size);
+		ret = cluster ? uq_decompress(img->h.compression_type, op->cbuf, io->len,
+					      cluster, img->g.cluster_size) : -ENOMEM;
+	}
+	if (!ret)
+		memcpy(op->dst, cluster + op->intra, op->len);
+	else
+		rreq_fail(rq, ret == -ENOMEM ? ret : -EIO);
+	free(cluster);
+	free(op->cbuf);
+	free(op);
+	rreq_put(rq);
+}
+
+static void read_compressed(struct piece *p, const struct uq_l2map *m)
+{
+	struct rreq *rq = p->rq;
+	struct op *op = calloc(1, sizeof(*op));
+
+	if (op)
+		op->cbuf = malloc(m->comp_len);
+	if (!op || !op->cbuf) {
+		free(op);
+		rreq_fail(rq, -ENOMEM);
+		return;
+	}
+	op->rq = rq;
+	op->dst = p->buf;
+	op->intra = (size_t)(p->off & (rq->img->g.cluster_size - 1));
+	op->len = p->len;
+	op->io = (struct io_req){ .op = IO_READ, .file = rq->img->file, .buf = op->cbuf,
+				  .len = (size_t)m->comp_len, .off = m->comp_off,
+				  .done = compressed_done, .priv = op };
+	rq->pending++;
+	io_queue_req(rq->img->ctx->q, &op->io);
+}
+
+/* Extended L2: runs of subclusters with the same state. */
+static void read_subclusters(struct piece *p, const struct uq_l2map *m)
+{
+	const struct uq_geom *g = &p->rq->img->g;
+	uint64_t cmask = g->cluster_size - 1;
+	size_t done = 0;
+
+	while (done < p->len) {
+		uint64_t off = p->off + done;
+		unsigned sc = (unsigned)((off & cmask) >> g->subcluster_bits);
+		int state = (m->alloc_mask >> sc & 1) ? 1 : (m->zero_mask >> sc & 1) ? 2 : 0;
+		size_t run = 0;
+
+		/* extend the run while the next subclusters share its state */
+		for (unsigned i = sc; i < 32; i++) {
+			int st = (m->alloc_mask >> i & 1) ? 1 : (m->zero_mask >> i & 1) ? 2 : 0;
+
+			if (st != state)
+				break;
+			run = (size_t)(((uint64_t)(i + 1) << g->subcluster_bits) - (off & cmask));
+		}
+		if (run > p->len - done)
+			run = p->len - done;
+		if (state == 1)
+			read_data(p, p->buf + done, run, m->host_off + (off & cmask));
+		else if (state == 2)
+			memset(p->buf + done, 0, run);
+		else
+			read_backing(p, p->buf + done, run, off);
+		done += run;
+	}
+}
+
+static void serve(struct piece *p, const struct uq_l2map *m)
+{
+	uint64_t intra = p->off & (p->rq->img->g.cluster_size - 1);
+
+	switch (m->type) {
+	case UQ_C_NORMAL:
+		read_data(p, p->buf, p->len, m->host_off + intra);
+		break;
+	case UQ_C_ZERO:
+		memset(p->buf, 0, p->len);
+		break;
+	case UQ_C_UNALLOC:
+		read_backing(p, p->buf, p->len, p->off);
+		break;
+	case UQ_C_COMPRESSED:
+		read_compressed(p, m);
+		break;
+	case UQ_C_SUBCLUSTERS:
+		read_subclusters(p, m);
+		break;
+	}
+}
+
+/* ---- L2 resolution ---- */
+
+/* L1 lookup for the cluster holding guest offset off: *l2_off = 0 if the
+ * L2 table is unallocated. Validates the entry and the table's place. */
+static int l2_table_of(uq_image *img, uint64_t off, uint64_t *l2_off)
+{
+	uint64_t l1i = uq_cluster_of(img, off) >> img->g.l2_bits;
+	bool copied;
+	int ret;
+
+	*l2_off = 0;
+	if (l1i >= img->h.l1_size)
+		return 0;
+	ret = uq_l1_decode(&img->g, img->l1[l1i], l2_off, &copied);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: l1 entry %llu: %s", img->path,
+				 (unsigned long long)l1i, uq_errmsg());
+	if (*l2_off && *l2_off < img->g.cluster_size)
+		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table overlaps the header",
+				 img->path, (unsigned long long)l1i);
+	if (*l2_off && (*l2_off > img->file_size ||
+			img->file_size - *l2_off < img->g.cluster_size))
+		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table at 0x%llx lies past "
+				 "the end of the file", img->path, (unsigned long long)l1i,
+				 (unsigned long long)*l2_off);
+	return 0;
+}
+
+static int decode_at(uq_image *img, const uint8_t *tab, uint64_t off,
+		     struct uq_l2map *m)
+{
+	uint64_t idx = uq_cluster_of(img, off) & (img->g.l2_entries - 1);
+	const uint8_t *e = tab + idx * img->g.l2_entry_bytes;
+	int ret;
+
+	ret = uq_l2_decode(&img->g, uq_be64(e), img->g.extended_l2 ? uq_be64(e + 8) : 0, m);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: l2 entry for guest offset 0x%llx: %s", img->path,
+				 (unsigned long long)off, uq_errmsg());
+	return 0;
+}
+
+static void piece_resolve(struct piece *p);
+
+static void piece_woken(struct l2_waiter *w, int err)
+{
+	struct piece *p = (struct piece *)w;
+
+	if (err < 0) {
+		rreq_fail(p->rq, err);
+		rreq_put(p->rq);
+		return;
+	}
+	piece_resolve(p);
+}
+
+static void fill_done(struct io_req *io, ssize_t res)
+{
+	struct piece *p = (struct piece *)((char *)io - offsetof(struct piece, io));
+	int err = res < 0 ? (int)res : (size_t)res != io->len ? -EIO : 0;
+
+	if (err)
+		uq_seterr(err, "%s: reading L2 table at 0x%llx failed", p->rq->img->path,
+			  (unsigned long long)io->off);
+	l2c_fill_done(p->rq->img->l2c, io->off, err);
+	piece_woken(&p->w, err);
+}
+
+static void piece_resolve(struct piece *p)
+{
+	uq_image *img = p->rq->img;
+	const uint8_t *tab;
+	uint8_t *fill;
+	uint64_t l2_off;
+	struct uq_l2map m;
+	int ret;
+
+	ret = l2_table_of(img, p->off, &l2_off);
+	if (ret < 0)
+		goto fail;
+	if (!l2_off) {
+		read_backing(p, p->buf, p->len, p->off);
+		rreq_put(p->rq);
+		return;
+	}
+	ret = l2c_get(img->l2c, l2_off, &p->w, &tab, &fill);
+	if (ret < 0)
+		goto fail;
+	if (ret == L2C_WAIT)
+		return;
+	if (ret == L2C_FILL) {
+		p->io = (struct io_req){ .op = IO_READ, .file = img->file, .buf = fill,
+					 .len = (size_t)img->g.cluster_size, .off = l2_off,
+					 .done = fill_done };
+		io_queue_req(img->ctx->q, &p->io);
+		return;
+	}
+	ret = decode_at(img, tab, p->off, &m);
+	if (ret < 0)
+		goto fail;
+	serve(p, &m);
+	rreq_put(p->rq);
+	return;
+fail:
+	rreq_fail(p->rq, ret);
+	rreq_put(p->rq);
+}
+
+/* ---- requests ---- */
+
+int uq_read_start(uq_image *img, void *buf, size_t len, uint64_t off,
+		  void (*done)(void *arg, ssize_t res), void *arg)
+{
+	uint64_t unit = img->fmt == UQ_FMT_QCOW2 ? img->g.cluster_size : RAW_PIECE;
+	uint64_t first = off / unit, last;
+	struct rreq *rq;
+	size_t n;
+
+	if (len > MAX_REQUEST)
+		return uq_seterr(-EINVAL, "read of %zu bytes exceeds %u", len, MAX_REQUEST);
+	if (off > img->size || img->size - off < len)
+		return uq_seterr(-EINVAL, "%s: read at 0x%llx+%zu is past the virtual size",
+				 img->path, (unsigned long long)off, len);
+	last = len ? (off + len - 1) / unit : first;
+	n = len ? (size_t)(last - first + 1) : 0;
+	rq = calloc(1, sizeof(*rq) + n * sizeof(struct piece));
+	if (!rq)
+		return -ENOMEM;
+	rq->img = img;
+	rq->done = done;
+	rq->arg = arg;
+	rq->len = len;
+	rq->npieces = n;
+	rq->pending = 1 + (unsigned)n;   /* the guard drops after setup */
+	for (size_t i = 0; i < n; i++) {
+		struct piece *p = &rq->pieces[i];
+		uint64_t start = i ? (first + i) * unit : off;
+		uint64_t end = (first + i + 1) * unit;
+
+		if (end > off + len)
+			end = off + len;
+		p->rq = rq;
+		p->off = start;
+		p->len = (size_t)(end - start);
+		p->buf = (uint8_t *)buf + (start - off);
+		p->w.wake = piece_woken;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct piece *p = &rq->pieces[i];
+
+		if (img->fmt == UQ_FMT_QCOW2) {
+			piece_resolve(p);
+		} else {
+			read_data(p, p->buf, p->len, p->off);
+			rreq_put(rq);
+		}
+	}
+	rreq_put(rq);
+	return 0;
+}
+
+void uq_ctx_complete(struct uq_ctx *ctx, struct uq_done *d)
+{
+	d->next = NULL;
+	*ctx->done_tail = d;
+	ctx->done_tail = &d->next;
+}
+
+static void user_done(void *arg, ssize_t res)
+{
+	struct uq_done *d = arg;
+
+	d->res = res;
+	/* Reported from uq_poll, never from inside uq_aio_read. */
+	uq_ctx_complete(d->ctx, d);
+}
+
+int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
+		uq_done_fn cb, void *arg)
+{
+	struct uq_done *d = calloc(1, sizeof(*d));
+	int ret;
+
+	if (!d)
+		return -ENOMEM;
+	d->cb = cb;
+	d->arg = arg;
+	d->ctx = img->ctx;
+	ret = uq_read_start(img, buf, len, off, user_done, d);
+	if (ret < 0)
+		free(d);
+	return ret;
+}
+
+static unsigned deliver(struct uq_ctx *ctx)
+{
+	unsigned n = 0;
+
+	while (ctx->done_head) {
+		struct uq_done *d = ctx->done_head;
+
+		ctx->done_head = d->next;
+		if (!ctx->done_head)
+			ctx->done_tail = &ctx->done_head;
+		ctx->completed++;
+		n++;
+		d->cb(d->arg, d->res);
+		free(d);
+	}
+	return n;
+}
+
+int uq_poll(uq_image *img, unsigned min_complete)
+{
+	struct uq_ctx *ctx = img->ctx;
+	unsigned n = deliver(ctx);
+	int ret;
+
+	if (min_complete == 0) {
+		ret = io_reap(ctx->q, 0);
+		if (ret < 0)
+			return ret;
+		return (int)(n + deliver(ctx));
+	}
+	while (n < min_complete) {
+		if (!io_pending(ctx->q))
+			break;           /* nothing in flight can complete anything */
+		ret = io_reap(ctx->q, 1);
+		if (ret < 0)
+			return ret;
+		n += deliver(ctx);
+	}
+	return (int)n;
+}
+
+struct sync_wait {
+	bool done;
+	ssize_t res;
+};
+
+static void sync_done(void *arg, ssize_t res)
+{
+	struct sync_wait *w = arg;
+
+	w->done = true;
+	w->res = res;
+}
+
+ssize_t uq_pread(uq_image *img, void *buf, size_t len, uint64_t off)
+{
+	size_t total = 0;
+
+	while (total < len) {
+		size_t chunk = len - total > MAX_REQUEST ? MAX_REQUEST : len - total;
+		struct sync_wait w = { 0 };
+		int ret;
+
+		ret = uq_aio_read(img, (uint8_t *)buf + total, chunk, off + total, sync_done, &w);
+		if (ret < 0)
+			return ret;
+		while (!w.done) {
+			ret = uq_poll(img, 1);
+			if (ret < 0)
+				return ret;
+			if (ret == 0 && !w.done)
+				return uq_seterr(-EIO, "%s: read stalled", img->path);
+		}
+		if (w.res < 0)
+			return w.res;
+		total += chunk;
+	}
+	return (ssize_t)total;
+}
+
+/* ---- synchronous lookups for map and check ---- */
+
+struct sync_waiter {
+	struct l2_waiter w;
+	bool woken;
+	int err;
+};
+
+static void sync_woken(struct l2_waiter *w, int err)
+{
+	struct sync_waiter *s = (struct sync_waiter *)w;
+
+	s->woken = true;
+	s->err = err;
+}
+
+int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
+{
+	struct sync_waiter sw = { .w.wake = sync_woken };
+	const uint8_t *tab;
+	uint8_t *fill;
+	uint64_t l2_off;
+	int ret;
+
+	memset(m, 0, sizeof(*m));
+	m->type = UQ_C_UNALLOC;
+	ret = l2_table_of(img, off, &l2_off);
+	if (ret < 0 || !l2_off)
+		return ret;
+	for (;;) {
+		ret = l2c_get(img->l2c, l2_off, &sw.w, &tab, &fill);
+		if (ret < 0)
+			return ret;
+		if (ret == L2C_HIT)
+			return decode_at(img, tab, off, m);
+		if (ret == L2C_FILL) {
+			ret = io_pread_full(img->file, fill, (size_t)img->g.cluster_size, l2_off);
+			l2c_fill_done(img->l2c, l2_off, ret);
+			if (ret < 0)
+				return uq_seterr(ret, "%s: reading L2 table at 0x%llx failed",
+						 img->path, (unsigned long long)l2_off);
+			continue;
+		}
+		/* another request is filling it: let the queue run */
+		sw.woken = false;
+		while (!sw.woken) {
+			ret = io_reap(img->ctx->q, 1);
+			if (ret < 0)
+				return ret;
+			if (ret == 0 && !sw.woken)
+				return uq_seterr(-EIO, "%s: L2 fill stalled", img->path);
+		}
+		if (sw.err < 0)
+			return sw.err;
+	}
+}
