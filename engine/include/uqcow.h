@@ -130,6 +130,62 @@ int uq_poll(uq_image *img, unsigned min_complete);
 /* Synchronous wrappers: submit and wait. */
 ssize_t uq_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 
+
+/* ---- writing ---- */
+
+enum uq_prealloc {
+	UQ_PREALLOC_OFF = 0,
+	UQ_PREALLOC_METADATA,   /* L2 tables and cluster mappings, sparse file */
+	UQ_PREALLOC_FALLOC,     /* metadata + fallocate */
+	UQ_PREALLOC_FULL,       /* metadata + zeros written */
+};
+
+struct uq_create_opts {
+	size_t struct_size;        /* sizeof(struct uq_create_opts) */
+	uint64_t size;             /* virtual size; 0 = the backing file's */
+	uint32_t cluster_size;     /* 0 = 64 KiB */
+	uint32_t refcount_bits;    /* 0 = 16 */
+	uint32_t version;          /* 2 (compat=0.10) or 3 (1.1); 0 = 3 */
+	int lazy_refcounts;
+	int extended_l2;
+	int compression_type;      /* 0 zlib, 1 zstd */
+	enum uq_prealloc prealloc;
+	const char *backing_file;  /* stored as given */
+	const char *backing_format;/* "qcow2" or "raw"; NULL = probe now */
+	const char *data_file;     /* external data file, created if missing */
+	int data_file_raw;
+	enum uq_backend backend;
+};
+
+/* Create (or truncate) path as an empty qcow2 image. */
+int uq_create(const char *path, const struct uq_create_opts *opts);
+
+#define UQ_WRITE_COMPRESSED (1u << 0) /* whole clusters only */
+#define UQ_ZERO_UNMAP       (1u << 1) /* write-zeroes may free clusters */
+
+/* Asynchronous writes: cb runs from uq_poll. Metadata reaches the disk in
+ * the order DESIGN.md gives, at the latest on flush or close. */
+int uq_aio_write(uq_image *img, const void *buf, size_t len, uint64_t off,
+		 unsigned flags, uq_done_fn cb, void *arg);
+int uq_aio_write_zeroes(uq_image *img, uint64_t off, uint64_t len,
+			unsigned flags, uq_done_fn cb, void *arg);
+int uq_aio_discard(uq_image *img, uint64_t off, uint64_t len,
+		   uq_done_fn cb, void *arg);
+int uq_aio_flush(uq_image *img, uq_done_fn cb, void *arg);
+
+ssize_t uq_pwrite(uq_image *img, const void *buf, size_t len, uint64_t off,
+		  unsigned flags);
+int uq_write_zeroes(uq_image *img, uint64_t off, uint64_t len, unsigned flags);
+int uq_discard(uq_image *img, uint64_t off, uint64_t len);
+int uq_flush(uq_image *img);
+
+/* Change the virtual size: grow, or shrink when the tail is unallocated. */
+int uq_resize(uq_image *img, uint64_t size);
+
+/* Rewrite the refcount structures with another width (1..64 bits), crash
+ * safe: new structures first, the header switch last. */
+int uq_amend_refcount_bits(uq_image *img, uint32_t bits);
+
 #ifdef __cplusplus
 }
 #endif
