@@ -23,8 +23,17 @@ void uq_errprefix(const char *prefix)
 {
 	char tmp[sizeof(errbuf)];
 
-	snprintf(tmp, sizeof(tmp), "%s: %s", prefix, errbuf);
-	memcpy(errbuf, tmp, sizeof(errbuf));
+	/* copy first: errbuf is both source and destination */
+	memcpy(tmp, errbuf, sizeof(tmp));
+	/* truncation of an overlong message is intended */
+	size_t n = strlen(prefix);
+
+	if (n > sizeof(errbuf) - 3)
+		n = sizeof(errbuf) - 3;
+	memcpy(errbuf, prefix, n);
+	memcpy(errbuf + n, ": ", 2);
+	memcpy(errbuf + n + 2, tmp, sizeof(errbuf) - n - 3);
+	errbuf[sizeof(errbuf) - 1] = '\0';
 }
 
 void uq_errclear(void)
