@@ -307,6 +307,8 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 	if (ret < 0)
 		return uq_seterr(ret, "l2-cache-size %llu is out of range",
 				 (unsigned long long)cache);
+	if (img->flags & UQ_OPEN_RDWR)
+		return uq_write_open(img);
 	return 0;
 }
 
@@ -450,12 +452,23 @@ int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out)
 
 int uq_close(uq_image *img)
 {
+	int ret = 0;
+
 	if (!img)
 		return 0;
 	/* Nothing may complete into freed memory: drain what is in flight. */
 	if (img->own_ctx)
 		while (io_pending(img->ctx->q) && io_reap(img->ctx->q, 1) > 0)
 			;
+	if (img->fmt == UQ_FMT_QCOW2 && img->l2c)
+		ret = uq_write_close(img);
+	else if (img->fmt == UQ_FMT_RAW && (img->flags & UQ_OPEN_RDWR) && img->file)
+		ret = io_fsync(img->file);
+	if (img->own_ctx)
+		while (io_pending(img->ctx->q) && io_reap(img->ctx->q, 1) > 0)
+			;
+	uq_rc_release(img);
+	free(img->meta);
 	uq_close(img->backing);
 	l2c_destroy(img->l2c);
 	if (img->data && img->data != img->file)
@@ -473,13 +486,20 @@ int uq_close(uq_image *img)
 	free(img->backing_path);
 	free(img->data_file_path);
 	if (img->own_ctx) {
+		/* completions nobody polled for */
+		while (img->ctx->done_head) {
+			struct uq_done *d = img->ctx->done_head;
+
+			img->ctx->done_head = d->next;
+			free(d);
+		}
 		io_queue_free(img->ctx->q);
 		free(img->ctx);
 	}
 	free(img->path);
 	free(img->dir);
 	free(img);
-	return 0;
+	return ret;
 }
 
 uq_image *uq_backing(uq_image *img)

@@ -65,6 +65,25 @@ struct uq_image {
 
 	uq_image *backing;
 	int depth;                /* 0 for the top image */
+
+	/* write state: qcow2 images opened read-write (refcount.c, write.c) */
+	bool writable;
+	uint64_t *reftable;       /* host order */
+	uint64_t reftable_entries;
+	bool reftable_dirty;
+	uint8_t **rb;             /* cached refcount blocks by table index */
+	uint8_t *rb_dirty;
+	uint64_t free_hint;       /* lowest cluster that may be free */
+	uint64_t host_end;        /* bytes: past every allocated cluster */
+	uint64_t written_end;     /* bytes: nothing at or past this was ever written */
+	uint64_t *frees;          /* clusters whose refcount drops after L2 is on disk */
+	size_t nfrees, frees_cap;
+	bool l1_dirty;
+	uint64_t comp_next;       /* next byte to pack a compressed cluster at, 0 none */
+	bool lazy;                /* lazy refcounts: blocks reach disk on close */
+	uint64_t *meta;           /* open-addressing set of metadata cluster indices */
+	size_t meta_cap, meta_n;
+	unsigned writes_inflight; /* async data writes not yet completed */
 };
 
 static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
@@ -80,6 +99,38 @@ void uq_ctx_complete(struct uq_ctx *ctx, struct uq_done *d);
 /* Synchronously look up the L2 entry covering guest offset off.
  * *m is the decoded mapping, or UQ_C_UNALLOC if no L2 table. */
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m);
+/* The L2 table at l2_off, read synchronously on a miss. */
+int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab);
+
+/* refcount.c */
+int uq_rc_load(uq_image *img);
+void uq_rc_release(uq_image *img);
+int uq_rc_get(uq_image *img, uint64_t cluster, uint64_t *val);
+int uq_rc_add(uq_image *img, uint64_t cluster, int64_t delta);
+int uq_rc_alloc(uq_image *img, uint64_t n, uint64_t *host_off);
+int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes);
+int uq_rc_apply_frees(uq_image *img);
+int uq_rc_write_dirty(uq_image *img);
+int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
+		  uint32_t order);
+
+/* meta.c: which host clusters hold metadata, to refuse overwriting them */
+int uq_meta_build(uq_image *img);
+int uq_meta_add(uq_image *img, uint64_t host_off, uint64_t bytes);
+void uq_meta_del(uq_image *img, uint64_t host_off, uint64_t bytes);
+bool uq_meta_overlaps(const uq_image *img, uint64_t host_off, uint64_t bytes);
+int uq_mark_corrupt(uq_image *img, const char *what, uint64_t host_off);
+int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len);
+
+/* write.c */
+int uq_write_open(uq_image *img);     /* prepare a read-write qcow2 image */
+int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
+int uq_write_close(uq_image *img);
+int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
+int uq_preallocate(uq_image *img, enum uq_prealloc mode);
+
+/* check.c */
+int uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *nclusters);
 
 /* Directory part of path ("." if none), malloc'd. */
 char *uq_dirname(const char *path);

@@ -15,6 +15,7 @@ struct slot {
 	uint8_t *buf;             /* allocated on first use */
 	enum slot_state state;
 	bool ref;                 /* CLOCK: used since the hand last passed */
+	bool dirty;               /* changed in memory, not yet on disk */
 	int32_t hnext;            /* next slot in the hash chain, -1 ends */
 	struct l2_waiter *waiters;
 };
@@ -28,6 +29,7 @@ struct l2cache {
 	size_t table_bytes;
 	size_t align;
 	struct l2_waiter *starved; /* every slot was filling when these came */
+	size_t ndirty;
 	uint64_t hits, misses;
 };
 
@@ -113,7 +115,7 @@ static struct slot *victim(struct l2cache *c)
 		c->hand = (c->hand + 1) % c->nslots;
 		if (s->state == SLOT_FREE)
 			return s;
-		if (s->state == SLOT_FILLING)
+		if (s->state == SLOT_FILLING || s->dirty)
 			continue;
 		if (s->ref) {
 			s->ref = false;
@@ -123,6 +125,27 @@ static struct slot *victim(struct l2cache *c)
 		return s;
 	}
 	return NULL;
+}
+
+static int claim(struct l2cache *c, struct slot *s, uint64_t off, enum slot_state st)
+{
+	size_t b = bucket_of(c, off);
+
+	if (!s->buf) {
+		void *p;
+
+		if (posix_memalign(&p, c->align, c->table_bytes))
+			return -ENOMEM;
+		s->buf = p;
+	}
+	s->off = off;
+	s->state = st;
+	s->ref = true;
+	s->dirty = false;
+	s->waiters = NULL;
+	s->hnext = c->buckets[b];
+	c->buckets[b] = (int32_t)(s - c->slots);
+	return 0;
 }
 
 int l2c_get(struct l2cache *c, uint64_t off, struct l2_waiter *w,
@@ -147,21 +170,8 @@ int l2c_get(struct l2cache *c, uint64_t off, struct l2_waiter *w,
 		c->starved = w;
 		return L2C_WAIT;
 	}
-	if (!s->buf) {
-		void *p;
-
-		if (posix_memalign(&p, c->align, c->table_bytes))
-			return -ENOMEM;
-		s->buf = p;
-	}
-	size_t b = bucket_of(c, off);
-
-	s->off = off;
-	s->state = SLOT_FILLING;
-	s->ref = true;
-	s->waiters = NULL;
-	s->hnext = c->buckets[b];
-	c->buckets[b] = (int32_t)(s - c->slots);
+	if (claim(c, s, off, SLOT_FILLING) < 0)
+		return -ENOMEM;
 	c->misses++;
 	*fill = s->buf;
 	return L2C_FILL;
@@ -201,8 +211,94 @@ void l2c_invalidate(struct l2cache *c, uint64_t off)
 {
 	struct slot *s = find(c, off);
 
-	if (s && s->state == SLOT_VALID)
+	if (s && s->state == SLOT_VALID) {
+		if (s->dirty)
+			c->ndirty--;
+		s->dirty = false;
 		unhash(c, s);
+	}
+}
+
+uint8_t *l2c_peek(struct l2cache *c, uint64_t off)
+{
+	struct slot *s = find(c, off);
+
+	if (!s || s->state != SLOT_VALID)
+		return NULL;
+	s->ref = true;
+	return s->buf;
+}
+
+int l2c_install(struct l2cache *c, uint64_t off, uint8_t **buf)
+{
+	struct slot *s = find(c, off);
+
+	if (s && s->state == SLOT_FILLING)
+		return -EBUSY;
+	if (!s) {
+		s = victim(c);
+		if (!s)
+			return -EBUSY;
+		if (claim(c, s, off, SLOT_VALID) < 0)
+			return -ENOMEM;
+	}
+	*buf = s->buf;
+	return 0;
+}
+
+void l2c_set_dirty(struct l2cache *c, uint64_t off)
+{
+	struct slot *s = find(c, off);
+
+	if (s && s->state == SLOT_VALID && !s->dirty) {
+		s->dirty = true;
+		c->ndirty++;
+	}
+}
+
+void l2c_clean(struct l2cache *c, uint64_t off)
+{
+	struct slot *s = find(c, off);
+
+	if (s && s->dirty) {
+		s->dirty = false;
+		c->ndirty--;
+	}
+}
+
+size_t l2c_dirty_count(const struct l2cache *c)
+{
+	return c->ndirty;
+}
+
+static int cmp_off(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int l2c_for_each_dirty(struct l2cache *c,
+		       int (*fn)(void *arg, uint64_t off, uint8_t *tab), void *arg)
+{
+	uint64_t *offs;
+	size_t n = 0;
+	int ret = 0;
+
+	if (!c->ndirty)
+		return 0;
+	offs = malloc(c->ndirty * sizeof(*offs));
+	if (!offs)
+		return -ENOMEM;
+	for (size_t i = 0; i < c->nslots && n < c->ndirty; i++)
+		if (c->slots[i].dirty)
+			offs[n++] = c->slots[i].off;
+	/* ascending offsets: the writes go out as one forward sweep */
+	qsort(offs, n, sizeof(*offs), cmp_off);
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = fn(arg, offs[i], find(c, offs[i])->buf);
+	free(offs);
+	return ret;
 }
 
 size_t l2c_slots(const struct l2cache *c) { return c->nslots; }

@@ -37,6 +37,24 @@ int l2c_get(struct l2cache *c, uint64_t off, struct l2_waiter *w,
  * table becomes visible, or the slot is dropped; waiters are woken. */
 void l2c_fill_done(struct l2cache *c, uint64_t off, int err);
 
+/* ---- for writers (the thread that owns the image) ---- */
+
+/* Writable view of a resident table, NULL if it isn't cached. */
+uint8_t *l2c_peek(struct l2cache *c, uint64_t off);
+
+/* Put a new table at off without reading it (it's all zeros or a copy the
+ * caller fills in). Fails with -EBUSY when every slot is pinned. */
+int l2c_install(struct l2cache *c, uint64_t off, uint8_t **buf);
+
+/* A dirty table stays resident until l2c_clean() says it is on disk. */
+void l2c_set_dirty(struct l2cache *c, uint64_t off);
+void l2c_clean(struct l2cache *c, uint64_t off);
+size_t l2c_dirty_count(const struct l2cache *c);
+
+/* Calls fn for every dirty table, in ascending offset order. */
+int l2c_for_each_dirty(struct l2cache *c,
+		       int (*fn)(void *arg, uint64_t off, uint8_t *tab), void *arg);
+
 /* Drop a cached table (after it was rewritten or freed). */
 void l2c_invalidate(struct l2cache *c, uint64_t off);
 

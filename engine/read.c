@@ -534,25 +534,18 @@ static void sync_woken(struct l2_waiter *w, int err)
 	s->err = err;
 }
 
-int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
+int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab)
 {
 	struct sync_waiter sw = { .w.wake = sync_woken };
-	const uint8_t *tab;
 	uint8_t *fill;
-	uint64_t l2_off;
 	int ret;
 
-	memset(m, 0, sizeof(*m));
-	m->type = UQ_C_UNALLOC;
-	ret = l2_table_of(img, off, &l2_off);
-	if (ret < 0 || !l2_off)
-		return ret;
 	for (;;) {
-		ret = l2c_get(img->l2c, l2_off, &sw.w, &tab, &fill);
+		ret = l2c_get(img->l2c, l2_off, &sw.w, tab, &fill);
 		if (ret < 0)
 			return ret;
 		if (ret == L2C_HIT)
-			return decode_at(img, tab, off, m);
+			return 0;
 		if (ret == L2C_FILL) {
 			ret = io_pread_full(img->file, fill, (size_t)img->g.cluster_size, l2_off);
 			l2c_fill_done(img->l2c, l2_off, ret);
@@ -573,4 +566,19 @@ int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
 		if (sw.err < 0)
 			return sw.err;
 	}
+}
+
+int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
+{
+	const uint8_t *tab;
+	uint64_t l2_off;
+	int ret;
+
+	memset(m, 0, sizeof(*m));
+	m->type = UQ_C_UNALLOC;
+	ret = l2_table_of(img, off, &l2_off);
+	if (ret < 0 || !l2_off)
+		return ret;
+	ret = uq_l2_load_sync(img, l2_off, &tab);
+	return ret < 0 ? ret : decode_at(img, tab, off, m);
 }

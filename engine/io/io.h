@@ -106,4 +106,9 @@ int io_fsync(struct io_file *f);
  * files under any backend). Returns the byte count or -errno. */
 ssize_t io_exec_sync(struct io_req *r);
 
+/* Memory-file internals (mem.c), shared with file.c: io_exec_sync and
+ * io_file_truncate hand requests on files with fd == -1 to these. */
+ssize_t io_mem_exec(struct io_req *r);
+int io_mem_truncate(struct io_file *f, uint64_t size);
+
 #endif

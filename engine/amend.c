@@ -1,0 +1,191 @@
+// SPDX-License-Identifier: MIT
+/* Structural changes in place: the refcount width (amend) and the virtual
+ * size (resize). New structures are written first, the header last. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+
+static int need_writable(uq_image *img)
+{
+	if (img->fmt != UQ_FMT_QCOW2)
+		return uq_seterr(-ENOTSUP, "%s: not a qcow2 image", img->path);
+	if (!(img->flags & UQ_OPEN_RDWR) || !img->writable)
+		return uq_seterr(-EROFS, "%s: image is not open for writing", img->path);
+	return 0;
+}
+
+int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
+{
+	uint64_t cs, n, *counts;
+	uint32_t order;
+	int ret = need_writable(img);
+
+	if (ret < 0)
+		return ret;
+	if (!bits || bits > 64 || (bits & (bits - 1)))
+		return uq_seterr(-EINVAL, "refcount_bits %u must be a power of two "
+				 "between 1 and 64", bits);
+	order = (uint32_t)__builtin_ctz(bits);
+	if (order == img->h.refcount_order)
+		return 0;
+	if (img->h.version < 3)
+		return uq_seterr(-ENOTSUP, "%s: compat=0.10 images have 16-bit refcounts; "
+				 "amend -o compat=1.1 first", img->path);
+	/* everything pending reaches the old structures first */
+	ret = uq_meta_flush(img);
+	if (ret == 0 && img->lazy)
+		ret = uq_rc_write_dirty(img);
+	if (ret < 0)
+		return ret;
+	cs = img->g.cluster_size;
+	n = (img->host_end + cs - 1) / cs;
+	counts = calloc(n ? n : 1, sizeof(*counts));
+	if (!counts)
+		return -ENOMEM;
+	for (uint64_t c = 0; c < n && ret == 0; c++)
+		ret = uq_rc_get(img, c, &counts[c]);
+	/* the old refcount structures are free once the header points away */
+	for (uint64_t i = 0; i < img->h.refcount_table_clusters && ret == 0; i++)
+		if (img->h.refcount_table_offset / cs + i < n)
+			counts[img->h.refcount_table_offset / cs + i] = 0;
+	for (uint64_t i = 0; i < img->reftable_entries && ret == 0; i++)
+		if (img->reftable[i] && img->reftable[i] / cs < n)
+			counts[img->reftable[i] / cs] = 0;
+	if (ret == 0)
+		ret = uq_rc_rebuild(img, counts, n, order);
+	free(counts);
+	return ret;
+}
+
+/* Refuse to cut off anything this image allocates. */
+static int tail_is_free(uq_image *img, uint64_t from)
+{
+	while (from < img->size) {
+		struct uq_extent e;
+		int ret = uq_block_status(img, from, img->size - from, &e);
+
+		if (ret < 0)
+			return ret;
+		if (e.present && e.depth == 0)
+			return uq_seterr(-ENOTSUP, "%s: can't shrink: guest offset 0x%llx "
+					 "holds data (discard it first)", img->path,
+					 (unsigned long long)e.start);
+		from = e.start + e.length;
+	}
+	return 0;
+}
+
+static int write_size_fields(uq_image *img, uint64_t size, uint32_t l1_size, uint64_t l1_off)
+{
+	uint8_t f[24];
+	int ret;
+
+	/* size, crypt_method, l1_size, l1_table_offset: bytes 24..47, one write */
+	uq_put_be64(f, size);
+	uq_put_be32(f + 8, img->h.crypt_method);
+	uq_put_be32(f + 12, l1_size);
+	uq_put_be64(f + 16, l1_off);
+	ret = io_fsync(img->file);
+	if (ret == 0)
+		ret = uq_header_write_field(img, 24, f, sizeof(f));
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	return ret;
+}
+
+static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
+{
+	uint64_t cs = img->g.cluster_size, bytes = entries * 8, off;
+	uint64_t old_off = img->h.l1_table_offset, old_bytes = (uint64_t)img->h.l1_size * 8;
+	uint64_t *l1;
+	uint8_t *raw;
+	int ret;
+
+	if (bytes > QCOW_MAX_L1_BYTES)
+		return uq_seterr(-EFBIG, "%s: size needs an L1 table over 32 MiB", img->path);
+	ret = uq_rc_alloc(img, (bytes + cs - 1) / cs, &off);
+	if (ret < 0)
+		return ret;
+	if (uq_meta_overlaps(img, off, bytes))
+		return uq_mark_corrupt(img, "a new L1 table", off);
+	l1 = calloc(entries, 8);
+	raw = calloc(1, (bytes + cs - 1) / cs * cs);
+	if (!l1 || !raw) {
+		free(l1);
+		free(raw);
+		return -ENOMEM;
+	}
+	memcpy(l1, img->l1, old_bytes);
+	for (uint64_t i = 0; i < entries; i++)
+		uq_put_be64(raw + i * 8, l1[i]);
+	/* the table and its refcounts are durable before the header names it */
+	ret = io_pwrite_full(img->file, raw, (bytes + cs - 1) / cs * cs, off);
+	free(raw);
+	if (ret == 0)
+		ret = uq_meta_flush(img);
+	if (ret == 0 && !img->lazy)
+		ret = uq_rc_write_dirty(img);
+	if (ret == 0)
+		ret = write_size_fields(img, size, (uint32_t)entries, off);
+	if (ret < 0) {
+		free(l1);
+		return uq_seterr(ret, "%s: growing the L1 table failed", img->path);
+	}
+	free(img->l1);
+	img->l1 = l1;
+	img->h.l1_size = (uint32_t)entries;
+	img->h.l1_table_offset = off;
+	uq_meta_add(img, off, bytes);
+	uq_meta_del(img, old_off, old_bytes);
+	if (old_bytes)
+		ret = uq_rc_free_later(img, old_off, old_bytes);
+	return ret ? ret : uq_meta_flush(img);
+}
+
+int uq_resize(uq_image *img, uint64_t size)
+{
+	uint64_t entries;
+	int ret;
+
+	if (img->fmt == UQ_FMT_RAW) {
+		if (!(img->flags & UQ_OPEN_RDWR))
+			return uq_seterr(-EROFS, "%s: image is open read-only", img->path);
+		ret = io_file_truncate(img->file, size);
+		if (ret == 0)
+			img->size = img->file_size = size;
+		return ret;
+	}
+	ret = need_writable(img);
+	if (ret < 0)
+		return ret;
+	if (size == img->size)
+		return 0;
+	ret = uq_l1_entries_for(size, img->g.cluster_bits, img->g.extended_l2, &entries);
+	if (ret < 0 || size > (1ull << 63) - img->g.cluster_size)
+		return uq_seterr(-EFBIG, "%s: size %llu is too large", img->path,
+				 (unsigned long long)size);
+	if (size < img->size) {
+		uint64_t keep = (size + img->g.cluster_size - 1) & ~(img->g.cluster_size - 1);
+
+		ret = keep < img->size ? tail_is_free(img, keep) : 0;
+		if (ret == 0)
+			ret = uq_meta_flush(img);
+		if (ret == 0)
+			ret = write_size_fields(img, size, img->h.l1_size, img->h.l1_table_offset);
+	} else {
+		ret = uq_meta_flush(img);
+		if (ret == 0 && entries > img->h.l1_size)
+			ret = grow_l1(img, entries, size);
+		else if (ret == 0)
+			ret = write_size_fields(img, size, img->h.l1_size, img->h.l1_table_offset);
+	}
+	if (ret == 0)
+		img->size = img->h.size = size;
+	if (ret == 0 && img->data != img->file &&
+	    (img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))
+		ret = io_file_truncate(img->data, size);
+	return ret;
+}

@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: MIT
+/* The set of host clusters that hold metadata, so that a write which would
+ * land on one is refused (and the image marked corrupt) before it happens. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+
+#define EMPTY UINT64_MAX
+#define TOMB (UINT64_MAX - 1)
+
+static size_t slot_of(uint64_t c, size_t cap)
+{
+	return (size_t)((c * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+}
+
+static int grow(uq_image *img)
+{
+	size_t ncap = img->meta_cap ? img->meta_cap * 2 : 1024;
+	uint64_t *old = img->meta, *m = malloc(ncap * sizeof(*m));
+	size_t oldcap = img->meta_cap;
+
+	if (!m)
+		return -ENOMEM;
+	for (size_t i = 0; i < ncap; i++)
+		m[i] = EMPTY;
+	img->meta = m;
+	img->meta_cap = ncap;
+	img->meta_n = 0;
+	for (size_t i = 0; i < oldcap; i++) {
+		if (old[i] >= TOMB)
+			continue;
+		size_t s = slot_of(old[i], ncap);
+
+		while (m[s] != EMPTY)
+			s = (s + 1) & (ncap - 1);
+		m[s] = old[i];
+		img->meta_n++;
+	}
+	free(old);
+	return 0;
+}
+
+static int add_one(uq_image *img, uint64_t c)
+{
+	size_t s;
+
+	if ((img->meta_n + 1) * 2 > img->meta_cap && grow(img) < 0)
+		return -ENOMEM;
+	s = slot_of(c, img->meta_cap);
+	while (img->meta[s] != EMPTY && img->meta[s] != TOMB) {
+		if (img->meta[s] == c)
+			return 0;
+		s = (s + 1) & (img->meta_cap - 1);
+	}
+	img->meta[s] = c;
+	img->meta_n++;
+	return 0;
+}
+
+static bool has_one(const uq_image *img, uint64_t c)
+{
+	size_t s;
+
+	if (!img->meta_cap)
+		return false;
+	s = slot_of(c, img->meta_cap);
+	for (size_t i = 0; i < img->meta_cap && img->meta[s] != EMPTY; i++) {
+		if (img->meta[s] == c)
+			return true;
+		s = (s + 1) & (img->meta_cap - 1);
+	}
+	return false;
+}
+
+int uq_meta_add(uq_image *img, uint64_t host_off, uint64_t bytes)
+{
+	uint64_t cb = img->g.cluster_bits;
+
+	for (uint64_t c = host_off >> cb; bytes && c <= (host_off + bytes - 1) >> cb; c++)
+		if (add_one(img, c) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
+void uq_meta_del(uq_image *img, uint64_t host_off, uint64_t bytes)
+{
+	uint64_t cb = img->g.cluster_bits;
+
+	if (!img->meta_cap)
+		return;
+	for (uint64_t c = host_off >> cb; bytes && c <= (host_off + bytes - 1) >> cb; c++) {
+		size_t s = slot_of(c, img->meta_cap);
+
+		for (size_t i = 0; i < img->meta_cap && img->meta[s] != EMPTY; i++) {
+			if (img->meta[s] == c) {
+				img->meta[s] = TOMB;
+				break;
+			}
+			s = (s + 1) & (img->meta_cap - 1);
+		}
+	}
+}
+
+bool uq_meta_overlaps(const uq_image *img, uint64_t host_off, uint64_t bytes)
+{
+	uint64_t cb = img->g.cluster_bits;
+
+	for (uint64_t c = host_off >> cb; bytes && c <= (host_off + bytes - 1) >> cb; c++)
+		if (has_one(img, c))
+			return true;
+	return false;
+}
+
+/* Every L2 table an L1 table reaches. */
+static int add_l1(uq_image *img, uint64_t l1_off, uint32_t l1_size, const uint64_t *l1)
+{
+	uint64_t *own = NULL;
+	int ret = uq_meta_add(img, l1_off, (uint64_t)l1_size * 8);
+
+	if (ret == 0 && !l1 && l1_size) {
+		uint8_t *raw = malloc((size_t)l1_size * 8);
+
+		own = malloc((size_t)l1_size * 8);
+		if (!raw || !own) {
+			free(raw);
+			free(own);
+			return -ENOMEM;
+		}
+		ret = io_pread_full(img->file, raw, (size_t)l1_size * 8, l1_off);
+		for (uint32_t i = 0; i < l1_size; i++)
+			own[i] = uq_be64(raw + (size_t)i * 8);
+		free(raw);
+		l1 = own;
+	}
+	for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
+		uint64_t l2;
+		bool copied;
+
+		if (uq_l1_decode(&img->g, l1[i], &l2, &copied) == 0 && l2)
+			ret = uq_meta_add(img, l2, img->g.cluster_size);
+	}
+	free(own);
+	return ret;
+}
+
+int uq_meta_build(uq_image *img)
+{
+	const struct uq_header *h = &img->h;
+	int ret;
+
+	ret = uq_meta_add(img, 0, img->g.cluster_size);
+	if (ret == 0)
+		ret = uq_meta_add(img, h->refcount_table_offset,
+				  (uint64_t)h->refcount_table_clusters * img->g.cluster_size);
+	for (uint64_t i = 0; ret == 0 && i < img->reftable_entries; i++)
+		if (img->reftable[i])
+			ret = uq_meta_add(img, img->reftable[i], img->g.cluster_size);
+	if (ret == 0)
+		ret = add_l1(img, h->l1_table_offset, h->l1_size, img->l1);
+	if (ret == 0 && h->nb_snapshots) {
+		uint64_t bytes = 0;
+
+		for (uint32_t i = 0; i < img->nb_snaps; i++)
+			bytes += img->snaps[i].raw.entry_len;
+		ret = uq_meta_add(img, h->snapshots_offset, bytes);
+	}
+	for (uint32_t i = 0; ret == 0 && i < img->nb_snaps; i++)
+		ret = add_l1(img, img->snaps[i].raw.l1_table_offset, img->snaps[i].raw.l1_size,
+			     NULL);
+	if (ret == 0 && img->exts->has_bitmaps)
+		ret = uq_meta_add(img, img->exts->bitmap_directory_offset,
+				  img->exts->bitmap_directory_size);
+	return ret;
+}
+
+int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len)
+{
+	int ret = io_pwrite_full(img->file, p, len, off);
+
+	if (ret < 0)
+		uq_seterr(ret, "writing the header failed");
+	return ret;
+}
+
+int uq_mark_corrupt(uq_image *img, const char *what, uint64_t host_off)
+{
+	uint8_t f[8];
+
+	/* v2 has no feature bits: refusing the write is all it can get */
+	if (img->h.version >= 3) {
+		img->h.incompatible_features |= QCOW_INCOMPAT_CORRUPT;
+		uq_put_be64(f, img->h.incompatible_features);
+		if (uq_header_write_field(img, 72, f, 8) == 0)
+			io_fsync(img->file);
+	}
+	img->writable = false;
+	return uq_seterr(-EIO, "%s: refusing to write %s over metadata at 0x%llx; "
+			 "the image is now marked corrupt", img->path, what,
+			 (unsigned long long)host_off);
+}

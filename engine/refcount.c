@@ -1,0 +1,580 @@
+// SPDX-License-Identifier: MIT
+/* Refcount table and blocks of every width (order 0..6), the cluster
+ * allocator, deferred frees and growth of the refcount table. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "internal.h"
+
+static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
+
+static int alloc_block_buf(const uq_image *img, uint8_t **out)
+{
+	void *p;
+
+	if (posix_memalign(&p, img->align, cs(img)))
+		return -ENOMEM;
+	memset(p, 0, cs(img));
+	*out = p;
+	return 0;
+}
+
+static int resize_rb_arrays(uq_image *img, uint64_t entries)
+{
+	uint8_t **rb = realloc(img->rb, entries * sizeof(*rb));
+	uint8_t *dirty;
+
+	if (!rb)
+		return -ENOMEM;
+	img->rb = rb;
+	dirty = realloc(img->rb_dirty, entries);
+	if (!dirty)
+		return -ENOMEM;
+	img->rb_dirty = dirty;
+	for (uint64_t i = img->reftable_entries; i < entries; i++) {
+		rb[i] = NULL;
+		dirty[i] = 0;
+	}
+	return 0;
+}
+
+int uq_rc_load(uq_image *img)
+{
+	uint64_t n = (uint64_t)img->h.refcount_table_clusters * cs(img) / 8;
+	uint8_t *raw;
+	int ret;
+
+	raw = malloc(n * 8);
+	img->reftable = calloc(n, 8);
+	if (!raw || !img->reftable || resize_rb_arrays(img, n) < 0) {
+		free(raw);
+		return -ENOMEM;
+	}
+	ret = io_pread_full(img->file, raw, n * 8, img->h.refcount_table_offset);
+	for (uint64_t i = 0; ret == 0 && i < n; i++) {
+		uint64_t off;
+
+		ret = uq_reftable_decode(&img->g, uq_be64(raw + i * 8), &off);
+		if (ret == 0 && off && (off < cs(img) || off >= img->file_size))
+			ret = uq_seterr(-EINVAL, "refcount block at 0x%llx is outside the file",
+					(unsigned long long)off);
+		if (ret < 0)
+			ret = uq_seterr(ret, "refcount table entry %llu: %s",
+					(unsigned long long)i, uq_errmsg());
+		img->reftable[i] = off;
+	}
+	free(raw);
+	img->reftable_entries = n;
+	return ret;
+}
+
+void uq_rc_release(uq_image *img)
+{
+	for (uint64_t i = 0; img->rb && i < img->reftable_entries; i++)
+		free(img->rb[i]);
+	free(img->rb);
+	free(img->rb_dirty);
+	free(img->reftable);
+	free(img->frees);
+	img->rb = NULL;
+	img->rb_dirty = NULL;
+	img->reftable = NULL;
+	img->frees = NULL;
+}
+
+/* The cached block for table index idx, loading it; NULL if none exists. */
+static int block_get(uq_image *img, uint64_t idx, uint8_t **out)
+{
+	int ret;
+
+	*out = NULL;
+	if (idx >= img->reftable_entries || !img->reftable[idx])
+		return 0;
+	if (!img->rb[idx]) {
+		ret = alloc_block_buf(img, &img->rb[idx]);
+		if (ret < 0)
+			return ret;
+		ret = io_pread_full(img->file, img->rb[idx], cs(img), img->reftable[idx]);
+		if (ret < 0) {
+			free(img->rb[idx]);
+			img->rb[idx] = NULL;
+			return uq_seterr(ret, "reading refcount block %llu failed",
+					 (unsigned long long)idx);
+		}
+	}
+	*out = img->rb[idx];
+	return 0;
+}
+
+int uq_rc_get(uq_image *img, uint64_t cluster, uint64_t *val)
+{
+	uint8_t *b;
+	int ret = block_get(img, cluster >> img->g.rb_bits, &b);
+
+	*val = 0;
+	if (ret < 0)
+		return ret;
+	if (b)
+		*val = uq_refcount_get(b, img->g.refcount_order,
+				       cluster & ((1ull << img->g.rb_bits) - 1));
+	return 0;
+}
+
+static void note_alloc(uq_image *img, uint64_t cluster, uint64_t n)
+{
+	uint64_t end = (cluster + n) * cs(img);
+
+	if (end > img->host_end)
+		img->host_end = end;
+}
+
+/* First run of n clusters whose refcount is 0, from the hint on. Clusters
+ * without a refcount block are free. Cluster 0 is the header, never free. */
+static int find_free(uq_image *img, uint64_t n, uint64_t *first)
+{
+	uint64_t run = 0, start = 0;
+	uint64_t c = img->free_hint ? img->free_hint : 1;
+	uint64_t limit = (img->host_end / cs(img)) + n + 1;
+
+	for (; c <= limit + n; c++) {
+		uint64_t v;
+		int ret = uq_rc_get(img, c, &v);
+
+		if (ret < 0)
+			return ret;
+		if (v || uq_meta_overlaps(img, c * cs(img), cs(img))) {
+			run = 0;
+			continue;
+		}
+		if (!run++)
+			start = c;
+		if (run == n) {
+			*first = start;
+			return 0;
+		}
+	}
+	return uq_seterr(-ENOSPC, "no free run of %llu clusters", (unsigned long long)n);
+}
+
+static int grow_table(uq_image *img, uint64_t min_entries);
+
+static void set_in_block(uq_image *img, uint64_t cluster, uint64_t v)
+{
+	uint64_t idx = cluster >> img->g.rb_bits;
+
+	uq_refcount_set(img->rb[idx], img->g.refcount_order,
+			cluster & ((1ull << img->g.rb_bits) - 1), v);
+	img->rb_dirty[idx] = 1;
+}
+
+/* Create the refcount block for table index idx. Its own cluster's
+ * refcount lives either in itself or in a block that already exists. */
+static int new_block(uq_image *img, uint64_t idx)
+{
+	uint64_t c, bidx;
+	uint8_t *buf, *other;
+	int ret;
+
+	if (idx >= img->reftable_entries) {
+		ret = grow_table(img, idx + 1);
+		if (ret < 0)
+			return ret;
+		if (img->reftable[idx])
+			return 0;   /* growth placed one here */
+	}
+	for (;;) {
+		ret = find_free(img, 1, &c);
+		if (ret < 0)
+			return ret;
+		bidx = c >> img->g.rb_bits;
+		if (bidx == idx)
+			break;
+		ret = block_get(img, bidx, &other);
+		if (ret < 0)
+			return ret;
+		if (other)
+			break;
+		ret = new_block(img, bidx);   /* describe c's range first */
+		if (ret < 0)
+			return ret;
+	}
+	ret = alloc_block_buf(img, &buf);
+	if (ret < 0)
+		return ret;
+	img->rb[idx] = buf;
+	img->reftable[idx] = c * cs(img);
+	img->reftable_dirty = true;
+	set_in_block(img, c, 1);
+	img->rb_dirty[idx] = 1;
+	note_alloc(img, c, 1);
+	return uq_meta_add(img, c * cs(img), cs(img));
+}
+
+int uq_rc_add(uq_image *img, uint64_t cluster, int64_t delta)
+{
+	uint64_t idx = cluster >> img->g.rb_bits, v;
+	uint64_t max = uq_refcount_max(img->g.refcount_order);
+	uint8_t *b;
+	int ret;
+
+	ret = block_get(img, idx, &b);
+	if (ret == 0 && !b && delta > 0)
+		ret = new_block(img, idx);
+	if (ret < 0)
+		return ret;
+	ret = uq_rc_get(img, cluster, &v);
+	if (ret < 0)
+		return ret;
+	if (delta > 0 && max - v < (uint64_t)delta)
+		return uq_seterr(-ERANGE, "refcount overflow: cluster 0x%llx already has "
+				 "refcount %llu, the maximum for refcount_bits=%u",
+				 (unsigned long long)(cluster * cs(img)), (unsigned long long)v,
+				 1u << img->g.refcount_order);
+	if (delta < 0 && v < (uint64_t)-delta)
+		return uq_seterr(-EIO, "refcount of cluster 0x%llx would drop below 0",
+				 (unsigned long long)(cluster * cs(img)));
+	set_in_block(img, cluster, v + (uint64_t)delta);
+	if (v + (uint64_t)delta == 0 && cluster < img->free_hint)
+		img->free_hint = cluster;
+	return 0;
+}
+
+int uq_rc_alloc(uq_image *img, uint64_t n, uint64_t *host_off)
+{
+	uint64_t c;
+	int ret;
+
+	for (;;) {
+		bool ok = true;
+
+		ret = find_free(img, n, &c);
+		if (ret < 0)
+			return ret;
+		/* make sure blocks exist first: creating one may take a
+		 * cluster of this very run */
+		for (uint64_t i = 0; i < n && ret == 0; i++) {
+			uint8_t *b;
+			uint64_t idx = (c + i) >> img->g.rb_bits;
+
+			ret = block_get(img, idx, &b);
+			if (ret == 0 && !b)
+				ret = new_block(img, idx);
+		}
+		if (ret < 0)
+			return ret;
+		for (uint64_t i = 0; i < n && ok; i++) {
+			uint64_t v;
+
+			ret = uq_rc_get(img, c + i, &v);
+			if (ret < 0)
+				return ret;
+			ok = v == 0;
+		}
+		if (ok)
+			break;
+	}
+	for (uint64_t i = 0; i < n; i++)
+		set_in_block(img, c + i, 1);
+	if (c == img->free_hint)
+		img->free_hint = c + n;
+	note_alloc(img, c, n);
+	*host_off = c * cs(img);
+	return 0;
+}
+
+int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
+{
+	uint64_t first = host_off / cs(img);
+	uint64_t last = (host_off + bytes - 1) / cs(img);
+
+	for (uint64_t c = first; c <= last; c++) {
+		if (img->nfrees == img->frees_cap) {
+			size_t ncap = img->frees_cap ? img->frees_cap * 2 : 64;
+			uint64_t *f = realloc(img->frees, ncap * sizeof(*f));
+
+			if (!f)
+				return -ENOMEM;
+			img->frees = f;
+			img->frees_cap = ncap;
+		}
+		img->frees[img->nfrees++] = c;
+	}
+	return 0;
+}
+
+int uq_rc_apply_frees(uq_image *img)
+{
+	int ret = 0;
+
+	for (size_t i = 0; i < img->nfrees && ret == 0; i++) {
+		uint64_t v;
+
+		ret = uq_rc_add(img, img->frees[i], -1);
+		if (ret == 0)
+			ret = uq_rc_get(img, img->frees[i], &v);
+		if (ret == 0 && v == 0)
+			uq_meta_del(img, img->frees[i] * cs(img), cs(img));
+	}
+	img->nfrees = 0;
+	return ret;
+}
+
+static int write_table(uq_image *img, uint64_t off, const uint64_t *t, uint64_t n)
+{
+	uint8_t *raw = malloc(n * 8);
+	int ret;
+
+	if (!raw)
+		return -ENOMEM;
+	for (uint64_t i = 0; i < n; i++)
+		uq_put_be64(raw + i * 8, t[i]);
+	ret = io_pwrite_full(img->file, raw, n * 8, off);
+	free(raw);
+	return ret;
+}
+
+int uq_rc_write_dirty(uq_image *img)
+{
+	int ret = 0;
+
+	for (uint64_t i = 0; i < img->reftable_entries && ret == 0; i++) {
+		if (!img->rb_dirty[i])
+			continue;
+		ret = io_pwrite_full(img->file, img->rb[i], cs(img), img->reftable[i]);
+		img->rb_dirty[i] = 0;
+	}
+	if (ret == 0 && img->reftable_dirty) {
+		/* new blocks must be durable before the table points at them */
+		ret = io_fsync(img->file);
+		if (ret == 0)
+			ret = write_table(img, img->h.refcount_table_offset, img->reftable,
+					  img->reftable_entries);
+		img->reftable_dirty = false;
+	}
+	if (ret < 0)
+		uq_seterr(ret, "writing refcounts failed");
+	return ret;
+}
+
+/* Switch the header to a new refcount table (and width): the fields from
+ * byte 48 to refcount_order go out in one write (one sector), after
+ * everything they name is durable. */
+static int switch_table(uq_image *img, uint64_t off, uint32_t clusters, uint32_t order)
+{
+	struct uq_header h = img->h;
+	size_t end = h.version >= 3 ? 100 : 60;
+	size_t blen = h.header_length > QCOW_V3_HEADER_LEN_CT ? h.header_length
+							      : QCOW_V3_HEADER_LEN_CT;
+	uint8_t *buf = malloc(blen);
+	int ret;
+
+	if (!buf)
+		return -ENOMEM;
+	h.refcount_table_offset = off;
+	h.refcount_table_clusters = clusters;
+	h.refcount_order = order;
+	ret = uq_header_encode(&h, buf, blen);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret == 0)
+		ret = uq_header_write_field(img, 48, buf + 48, end - 48);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	free(buf);
+	return ret;
+}
+
+/* Blocks needed to describe clusters [first, end) that don't exist yet,
+ * given a table of n entries. */
+static uint64_t missing_blocks(const uq_image *img, uint64_t first, uint64_t end)
+{
+	uint64_t need = 0;
+
+	for (uint64_t idx = first >> img->g.rb_bits; idx <= (end - 1) >> img->g.rb_bits; idx++)
+		if (idx >= img->reftable_entries || !img->reftable[idx])
+			need++;
+	return need;
+}
+
+/* A larger table at the end of the file, with the blocks that describe it
+ * right after it; the old table is freed once the header points away. */
+static int grow_table(uq_image *img, uint64_t min_entries)
+{
+	uint64_t per = cs(img) / 8, old_n = img->reftable_entries;
+	uint64_t n = old_n * 2 > min_entries ? old_n * 2 : min_entries;
+	uint64_t T, tc, nb = 0, *nt;
+	uint64_t old_off = img->h.refcount_table_offset;
+	uint32_t old_clusters = img->h.refcount_table_clusters;
+	int ret;
+
+	n = (n + per - 1) / per * per;
+	if (n * 8 > QCOW_MAX_REFTABLE_BYTES) {
+		n = QCOW_MAX_REFTABLE_BYTES / 8;
+		if (n < min_entries)
+			return uq_seterr(-EFBIG, "refcount table would exceed 8 MiB");
+	}
+	tc = n / per;
+	T = (img->host_end + cs(img) - 1) / cs(img);
+	for (;;) {
+		uint64_t need = missing_blocks(img, T, T + tc + nb);
+
+		if (need == nb)
+			break;
+		nb = need;
+	}
+	nt = calloc(n, 8);
+	if (!nt)
+		return -ENOMEM;
+	memcpy(nt, img->reftable, old_n * 8);
+	ret = resize_rb_arrays(img, n);
+	if (ret < 0) {
+		free(nt);
+		return ret;
+	}
+	free(img->reftable);
+	img->reftable = nt;
+	img->reftable_entries = n;
+	/* place the new blocks after the table, in index order */
+	uint64_t next = T + tc;
+
+	for (uint64_t idx = T >> img->g.rb_bits;
+	     idx <= (T + tc + nb - 1) >> img->g.rb_bits; idx++) {
+		if (nt[idx])
+			continue;
+		ret = alloc_block_buf(img, &img->rb[idx]);
+		if (ret < 0)
+			return ret;
+		nt[idx] = next++ * cs(img);
+		img->rb_dirty[idx] = 1;
+	}
+	for (uint64_t c = T; c < T + tc + nb; c++) {
+		uint8_t *b;
+
+		ret = block_get(img, c >> img->g.rb_bits, &b);
+		if (ret < 0)
+			return ret;
+		set_in_block(img, c, 1);
+	}
+	note_alloc(img, T, tc + nb);
+	ret = uq_meta_add(img, T * cs(img), (tc + nb) * cs(img));
+	/* blocks, then the table, then the header that names them */
+	img->reftable_dirty = false;
+	for (uint64_t i = 0; ret == 0 && i < n; i++) {
+		if (!img->rb_dirty[i])
+			continue;
+		ret = io_pwrite_full(img->file, img->rb[i], cs(img), nt[i]);
+		img->rb_dirty[i] = 0;
+	}
+	if (ret == 0)
+		ret = write_table(img, T * cs(img), nt, n);
+	if (ret == 0)
+		ret = switch_table(img, T * cs(img), (uint32_t)tc, img->h.refcount_order);
+	if (ret < 0)
+		return uq_seterr(ret, "growing the refcount table failed");
+	img->h.refcount_table_offset = T * cs(img);
+	img->h.refcount_table_clusters = (uint32_t)tc;
+	uq_meta_del(img, old_off, (uint64_t)old_clusters * cs(img));
+	return uq_rc_free_later(img, old_off, (uint64_t)old_clusters * cs(img));
+}
+
+/* Fresh refcount structures of width 1 << order at the end of the file,
+ * holding counts[] plus their own clusters; then the header switch. The
+ * old structures are dropped, not freed: callers recount or accept the
+ * leak (rebuilding is only needed when the old ones can't be trusted). */
+int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
+		  uint32_t order)
+{
+	uint64_t c = cs(img), per = c / 8;
+	uint32_t rb_bits = img->g.cluster_bits + 3 - order;
+	uint64_t max = uq_refcount_max(order);
+	uint64_t T = (img->host_end + c - 1) / c;
+	uint64_t tc = 1, nb = 0, n, end;
+	uint8_t *blk = NULL, *raw = NULL;
+	uint64_t *table = NULL;
+	int ret = 0;
+
+	if (T < nclusters)
+		T = nclusters;
+	/* size table and blocks so that they also describe themselves */
+	for (int iter = 0; iter < 64; iter++) {
+		end = T + tc + nb;
+		uint64_t nb2 = (end + (1ull << rb_bits) - 1) >> rb_bits;
+		uint64_t tc2 = (nb2 + per - 1) / per;
+
+		if (nb2 == nb && tc2 == tc)
+			break;
+		nb = nb2;
+		tc = tc2;
+	}
+	n = tc * per;
+	if (n * 8 > QCOW_MAX_REFTABLE_BYTES)
+		return uq_seterr(-EFBIG, "refcount table would exceed 8 MiB");
+	for (uint64_t i = 0; i < nclusters; i++)
+		if (counts[i] > max)
+			return uq_seterr(-ERANGE, "cluster 0x%llx has refcount %llu, more than "
+					 "refcount_bits=%u can hold", (unsigned long long)(i * c),
+					 (unsigned long long)counts[i], 1u << order);
+	table = calloc(n, 8);
+	if (!table || alloc_block_buf(img, &blk) < 0) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* blocks go at [T + tc, T + tc + nb), block i covers clusters i << rb_bits */
+	for (uint64_t i = 0; i < nb && ret == 0; i++) {
+		uint64_t base = i << rb_bits;
+
+		memset(blk, 0, c);
+		for (uint64_t j = 0; j < (1ull << rb_bits); j++) {
+			uint64_t cl = base + j, v = cl < nclusters ? counts[cl] : 0;
+
+			if (cl >= T && cl < T + tc + nb)
+				v = 1;
+			if (v)
+				uq_refcount_set(blk, order, j, v);
+		}
+		table[i] = (T + tc + i) * c;
+		ret = io_pwrite_full(img->file, blk, c, table[i]);
+	}
+	if (ret == 0) {
+		raw = malloc(n * 8);
+		if (!raw)
+			ret = -ENOMEM;
+	}
+	if (ret == 0) {
+		for (uint64_t i = 0; i < n; i++)
+			uq_put_be64(raw + i * 8, table[i]);
+		ret = io_pwrite_full(img->file, raw, n * 8, T * c);
+	}
+	if (ret == 0)
+		ret = switch_table(img, T * c, (uint32_t)tc, order);
+	if (ret < 0) {
+		uq_seterr(ret, "rebuilding refcounts failed");
+		goto out;
+	}
+	/* the new structures are live: reload them */
+	uq_meta_del(img, img->h.refcount_table_offset,
+		    (uint64_t)img->h.refcount_table_clusters * c);
+	for (uint64_t i = 0; i < img->reftable_entries; i++)
+		if (img->reftable[i])
+			uq_meta_del(img, img->reftable[i], c);
+	uq_rc_release(img);
+	img->reftable_entries = 0;
+	img->h.refcount_table_offset = T * c;
+	img->h.refcount_table_clusters = (uint32_t)tc;
+	img->h.refcount_order = order;
+	img->g.refcount_order = order;
+	img->g.rb_bits = rb_bits;
+	img->host_end = (T + tc + nb) * c;
+	img->free_hint = 1;
+	img->nfrees = img->frees_cap = 0;
+	ret = uq_rc_load(img);
+	if (ret == 0)
+		ret = uq_meta_add(img, T * c, (tc + nb) * c);
+out:
+	free(blk);
+	free(raw);
+	free(table);
+	return ret;
+}
