@@ -328,17 +328,21 @@ static int uring_reap(struct io_queue *q, unsigned min)
 			return n ? (int)n : ret;
 		harvest(uq);
 		n += deliver(uq);
-		if (n >= min || !uring_pending(q))
+		if (n >= min)
 			break;
-		if (uq->ndone)
+		if (uq->done_head)
 			continue;   /* callbacks completed more inline */
+		/* Look at the lists, not pending(): from a reap nested in a
+		 * callback, the outer batch still counts but can't be waited on. */
+		if (!uq->inflight && !uq->nwait)
+			break;
 		feed(uq);
 		/* Wait for as many CQEs as we still need, in one syscall that
 		 * also submits: each request in flight posts exactly one, so
 		 * waiting for up to inflight of them always ends. */
 		want = min - n < uq->inflight ? min - n : uq->inflight;
 		if (!want)
-			continue;   /* only reachable with requests on the FIFO */
+			break;   /* can't happen: feed fills an empty ring */
 		ret = io_uring_submit_and_wait(&uq->ring, want);
 		if (ret == -EAGAIN || ret == -EBUSY) {
 			if (uq->inflight == io_uring_sq_ready(&uq->ring))
