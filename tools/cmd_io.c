@@ -1,0 +1,571 @@
+/* SPDX-License-Identifier: MIT */
+/* uqcow io: qemu-io's command runner (-c CMD ...) with its output lines;
+ * commands live in a table, so write commands slot in next to read. */
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#define MAX_ARGS 64
+/* qemu's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to a sector. */
+#define MAX_REQUEST 2147483136ull
+
+struct io_ctx {
+	uq_image *img;
+	const char *path;
+	uint64_t size;
+	bool readonly;
+};
+
+struct io_cmd {
+	const char *name, *alt;
+	int argmin, argmax;          /* positional arguments; -1: no limit */
+	bool writes;
+	int (*fn)(struct io_ctx *x, int argc, char **argv);
+	const char *args;
+};
+
+/* ---- qemu-io's number and time formatting (cvtstr, timestr) ---- */
+
+static void cvtstr(double v, char *buf, size_t len)
+{
+	static const char *const units[] = { " KiB", " MiB", " GiB", " TiB",
+					     " PiB", " EiB" };
+	const char *suffix = " bytes";
+	char *trim;
+	int i;
+
+	for (i = 5; i >= 0; i--) {
+		double unit = (double)(1ull << (10 * (i + 1)));
+
+		if (v >= unit) {
+			snprintf(buf, len - 4, "%.3f", v / unit);
+			suffix = units[i];
+			break;
+		}
+	}
+	if (i < 0)
+		snprintf(buf, len - 6, "%f", v);
+	/* "64.000" prints as "64 KiB" */
+	trim = strstr(buf, ".000");
+	if (trim)
+		*trim = '\0';
+	strncat(buf, suffix, len - strlen(buf) - 1);
+}
+
+static void timestr(const struct timespec *t, char *buf, size_t len,
+		    bool fixed)
+{
+	double frac = (double)t->tv_nsec / 1e9;
+	unsigned s = (unsigned)t->tv_sec;
+
+	if (fixed || t->tv_sec)
+		snprintf(buf, len, "%u:%02u:%05.2f", s / 3600, (s % 3600) / 60,
+			 (double)(s % 60) + frac);
+	else
+		snprintf(buf, len, "%05.2f sec", frac);
+}
+
+static double tdiv(double v, const struct timespec *t)
+{
+	double secs = (double)t->tv_sec + (double)t->tv_nsec / 1e9;
+
+	return secs > 0 ? v / secs : 0;
+}
+
+static void print_report(const char *op, const struct timespec *t,
+			 uint64_t off, uint64_t count, uint64_t total, int cnt,
+			 bool parsable)
+{
+	char s1[64], s2[64], ts[64];
+
+	timestr(t, ts, sizeof(ts), parsable);
+	if (parsable) {
+		/* bytes,ops,time,bytes/sec,ops/sec */
+		printf("%" PRIu64 ",%d,%s,%.3f,%.3f\n", total, cnt, ts,
+		       tdiv((double)total, t), tdiv(cnt, t));
+		return;
+	}
+	cvtstr((double)total, s1, sizeof(s1));
+	cvtstr(tdiv((double)total, t), s2, sizeof(s2));
+	printf("%s %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", op,
+	       total, count, off);
+	printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", s1, cnt, ts, s2,
+	       tdiv(cnt, t));
+}
+
+/* qemu-io's dump_buffer: offset, 16 hex bytes, then the printable ones. */
+static void dump_buffer(const uint8_t *buf, uint64_t off, uint64_t len)
+{
+	for (uint64_t i = 0; i < len; i += 16) {
+		uint64_t j;
+
+		printf("%08" PRIx64 ":  ", off + i);
+		for (j = 0; j < 16 && i + j < len; j++)
+			printf("%02x ", buf[i + j]);
+		printf(" ");
+		for (j = 0; j < 16 && i + j < len; j++)
+			putchar(isalnum(buf[i + j]) ? buf[i + j] : '.');
+		printf("\n");
+	}
+}
+
+static int parse_num(const char *what, const char *arg, uint64_t *v)
+{
+	int ret = cli_parse_size(arg, v);
+
+	if (ret == -ERANGE)
+		cli_error("%s: argument too large -- %s", what, arg);
+	else if (ret < 0)
+		cli_error("%s: non-numeric argument, or extraneous/unrecognized "
+			  "suffix -- %s", what, arg);
+	return ret;
+}
+
+static int parse_pattern(const char *arg, int *pat)
+{
+	char *end;
+	long v = strtol(arg, &end, 0);
+
+	if (*arg == '\0' || *end || v < 0 || v > 255) {
+		cli_error("invalid pattern '%s' (a byte: 0..255 or 0x00..0xff)", arg);
+		return -EINVAL;
+	}
+	*pat = (int)v;
+	return 0;
+}
+
+/* "uqcow: read: why" and the command's usage line; returns -EINVAL. */
+static int cmd_usage(const char *name, const char *args, const char *fmt,
+		     const char *arg)
+{
+	fflush(stdout);
+	fprintf(stderr, "uqcow: %s: ", name);
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nusage: %s %s\n", name, args);
+	return -EINVAL;
+}
+
+/* ---- commands ---- */
+
+#define READ_ARGS "[-Cqv] [-P pattern [-s off] [-l len]] off len"
+
+static int do_read(struct io_ctx *x, int argc, char **argv)
+{
+	uint64_t off, count, pat_off = 0, pat_count = 0;
+	bool verbose = false, quiet = false, parsable = false, pflag = false;
+	bool sflag = false, lflag = false;
+	struct timespec t1, t2, dt;
+	uint8_t *buf = NULL;
+	ssize_t n;
+	int c, pattern = 0, ret = 0;
+
+	optind = 0;
+	while ((c = getopt(argc, argv, ":bCl:P:qs:v")) != -1) {
+		switch (c) {
+		case 'b':
+			cli_error("read: -b (VM state) is not supported");
+			return -ENOTSUP;
+		case 'C':
+			parsable = true;
+			break;
+		case 'l':
+			if (parse_num("read -l", optarg, &pat_count))
+				return -EINVAL;
+			lflag = true;
+			break;
+		case 'P':
+			if (parse_pattern(optarg, &pattern))
+				return -EINVAL;
+			pflag = true;
+			break;
+		case 'q':
+			quiet = true;
+			break;
+		case 's':
+			if (parse_num("read -s", optarg, &pat_off))
+				return -EINVAL;
+			sflag = true;
+			break;
+		case 'v':
+			verbose = true;
+			break;
+		default: {
+			char opt[2] = { (char)optopt, '\0' };
+
+			return cmd_usage("read", READ_ARGS, c == ':' ?
+					 "option requires an argument -- '%s'" :
+					 "invalid option -- '%s'", opt);
+		}
+		}
+	}
+	if (argc - optind != 2)
+		return cmd_usage("read", READ_ARGS, "expected OFFSET and LENGTH%s", "");
+	if (parse_num("read offset", argv[optind], &off) ||
+	    parse_num("read length", argv[optind + 1], &count))
+		return -EINVAL;
+	if (count > MAX_REQUEST) {
+		cli_error("read: length cannot exceed %llu, given %s", MAX_REQUEST,
+			  argv[optind + 1]);
+		return -EINVAL;
+	}
+	if (!pflag && (lflag || sflag))
+		return cmd_usage("read", READ_ARGS, "-s and -l need -P%s", "");
+	if (!lflag)
+		pat_count = pat_off <= count ? count - pat_off : UINT64_MAX;
+	if (pat_off > count || pat_count > count - pat_off) {
+		cli_error("read: pattern verification range exceeds end of read data");
+		return -EINVAL;
+	}
+	if (off > x->size || count > x->size - off) {
+		cli_error("read failed: %s: offset %" PRIu64 " + length %" PRIu64
+			  " is past the end of the image (%" PRIu64 " bytes)",
+			  x->path, off, count, x->size);
+		return -EIO;
+	}
+	/* Page-aligned for O_DIRECT; qemu-io fills fresh buffers with 0xab. */
+	if (posix_memalign((void **)&buf, 4096, count ? count : 1)) {
+		cli_error("read: out of memory for %" PRIu64 " bytes", count);
+		return -ENOMEM;
+	}
+	memset(buf, 0xab, count);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	n = count ? uq_pread(x->img, buf, count, off) : 0;
+	clock_gettime(CLOCK_MONOTONIC, &t2);
+	if (n < 0) {
+		char what[128];
+
+		snprintf(what, sizeof(what), "read failed at offset %" PRIu64, off);
+		cli_error_uq((int)n, what);
+		ret = (int)n;
+		goto out;
+	}
+	if ((uint64_t)n != count) {
+		cli_error("read failed: short read at offset %" PRIu64
+			  " (%zd of %" PRIu64 " bytes)", off, n, count);
+		ret = -EIO;
+		goto out;
+	}
+	if (pflag) {
+		const uint8_t *p = buf + pat_off;
+
+		for (uint64_t i = 0; i < pat_count; i++) {
+			if (p[i] != pattern) {
+				printf("Pattern verification failed at offset %" PRIu64
+				       ", %" PRIu64 " bytes\n", off + pat_off, pat_count);
+				ret = -EINVAL;
+				break;
+			}
+		}
+	}
+	if (quiet)
+		goto out;
+	if (verbose)
+		dump_buffer(buf, off, count);
+	dt.tv_sec = t2.tv_sec - t1.tv_sec;
+	dt.tv_nsec = t2.tv_nsec - t1.tv_nsec;
+	if (dt.tv_nsec < 0) {
+		dt.tv_sec--;
+		dt.tv_nsec += 1000000000L;
+	}
+	print_report("read", &dt, off, count, count, 1, parsable);
+out:
+	free(buf);
+	return ret;
+}
+
+/* qemu-io map: runs allocated (or not) in this image itself, as
+ * bdrv_is_allocated sees it; the backing chain counts as unallocated. */
+static int do_map(struct io_ctx *x, int argc, char **argv)
+{
+	uint64_t off = 0;
+
+	(void)argc;
+	(void)argv;
+	while (off < x->size) {
+		uint64_t start = off, len = 0;
+		int alloc = -1;
+		char s1[64], s2[64];
+
+		while (off < x->size) {
+			struct uq_extent e;
+			int ret = uq_block_status(x->img, off, x->size - off, &e);
+			int a;
+
+			if (ret < 0) {
+				cli_error_uq(ret, x->path);
+				return ret;
+			}
+			if (e.length == 0 || e.length > x->size - off) {
+				cli_error("%s: unexpected end of image at offset %" PRIu64,
+					  x->path, off);
+				return -EIO;
+			}
+			a = e.present && e.depth == 0;
+			if (alloc >= 0 && a != alloc)
+				break;
+			alloc = a;
+			len += e.length;
+			off += e.length;
+		}
+		cvtstr((double)len, s1, sizeof(s1));
+		cvtstr((double)start, s2, sizeof(s2));
+		printf("%s (0x%" PRIx64 ") bytes %s at offset %s (0x%" PRIx64 ")\n",
+		       s1, len, alloc ? "    allocated" : "not allocated", s2, start);
+	}
+	return 0;
+}
+
+/* Placeholder for the write commands until the engine's write path is
+ * wired in: each gets its own function in this table then. */
+static int needs_write_path(struct io_ctx *x, int argc, char **argv)
+{
+	(void)x;
+	(void)argc;
+	cli_error("command %s needs the write path", argv[0]);
+	return -ENOTSUP;
+}
+
+static const struct io_cmd commands[] = {
+	{ "read", "r", 2, -1, false, do_read, READ_ARGS },
+	{ "map", NULL, 0, 0, false, do_map, "" },
+	{ "write", "w", 2, -1, true, needs_write_path,
+	  "[-P pattern | -z [-u] | -c] off len" },
+	{ "discard", "d", 2, -1, true, needs_write_path, "off len" },
+	{ "flush", "f", 0, 0, true, needs_write_path, "" },
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static const struct io_cmd *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		if (!strcmp(commands[i].name, name) ||
+		    (commands[i].alt && !strcmp(commands[i].alt, name)))
+			return &commands[i];
+	return NULL;
+}
+
+/* Split on blanks as qemu-io does (no quoting). Returns argc. */
+static int split(char *line, char **argv)
+{
+	int argc = 0;
+
+	for (char *p = strtok(line, " \t\n"); p && argc < MAX_ARGS;
+	     p = strtok(NULL, " \t\n"))
+		argv[argc++] = p;
+	argv[argc] = NULL;
+	return argc;
+}
+
+static int run_command(struct io_ctx *x, const char *text)
+{
+	char *line = strdup(text), *argv[MAX_ARGS + 1];
+	const struct io_cmd *c;
+	int argc, ret = 0;
+
+	if (!line) {
+		cli_error("out of memory");
+		return -ENOMEM;
+	}
+	argc = split(line, argv);
+	if (argc == 0)
+		goto out;
+	c = find_cmd(argv[0]);
+	if (!c) {
+		cli_error("command \"%s\" not found", argv[0]);
+		ret = -EINVAL;
+		goto out;
+	}
+	if (argc - 1 < c->argmin || (c->argmax >= 0 && argc - 1 > c->argmax)) {
+		char why[96];
+
+		if (c->argmax < 0)
+			snprintf(why, sizeof(why), "expected at least %d arguments",
+				 c->argmin);
+		else
+			snprintf(why, sizeof(why), "expected %d arguments", c->argmax);
+		ret = cmd_usage(c->name, c->args, "bad argument count: %s", why);
+		goto out;
+	}
+	if (c->writes && x->readonly && c->fn != needs_write_path) {
+		cli_error("command %s needs a writable image (opened with -r)",
+			  c->name);
+		ret = -EPERM;
+		goto out;
+	}
+	ret = c->fn(x, argc, argv);
+out:
+	free(line);
+	return ret;
+}
+
+/* Whether any command really writes (placeholders don't), so an image
+ * is opened read-write only when it must be. */
+static bool any_writes(char **cmds, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char buf[64];
+		const struct io_cmd *c;
+		size_t k = strspn(cmds[i], " \t");
+
+		snprintf(buf, sizeof(buf), "%s", cmds[i] + k);
+		buf[strcspn(buf, " \t")] = '\0';
+		c = find_cmd(buf);
+		if (c && c->writes && c->fn != needs_write_path)
+			return true;
+	}
+	return false;
+}
+
+static int run(int argc, char **argv, const struct cli_open *defaults)
+{
+	static const struct option longopts[] = {
+		CLI_OPEN_LONGOPTS,
+		{ "cmd", required_argument, NULL, 'c' },
+		{ "read-only", no_argument, NULL, 'r' },
+		{ "format", required_argument, NULL, 'f' },
+		{ "nocache", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct cli_open o = *defaults;
+	struct io_ctx x = { .readonly = false };
+	struct uq_info *in = NULL;
+	char **cmds = NULL;
+	int ncmds = 0, c, failed = 0, ret;
+
+	while ((c = getopt_long(argc, argv, ":hc:rf:nt:i:o:U", longopts,
+				NULL)) != -1) {
+		int r = cli_open_option(&o, c, optarg);
+
+		if (r < 0)
+			goto fail;
+		if (r > 0)
+			continue;
+		switch (c) {
+		case 'h':
+			cli_usage(&cmd_io, stdout);
+			free(cmds);
+			return CLI_EXIT_OK;
+		case 'c': {
+			char **grown = realloc(cmds, (size_t)(ncmds + 1) * sizeof(*cmds));
+
+			if (!grown) {
+				cli_error("out of memory");
+				goto fail;
+			}
+			cmds = grown;
+			cmds[ncmds++] = optarg;
+			break;
+		}
+		case 'r':
+			x.readonly = true;
+			break;
+		case 'f':
+			if (cli_set_format(&o.format, optarg))
+				goto fail;
+			break;
+		case 'n':
+			o.flags |= UQ_OPEN_DIRECT;
+			break;
+		case 't':
+			if (cli_set_cache(&o, optarg))
+				goto fail;
+			break;
+		case 'i':
+			if (cli_set_backend(&o, optarg))
+				goto fail;
+			break;
+		case 'o':
+			if (cli_set_open_options(&o, optarg))
+				goto fail;
+			break;
+		default:
+			free(cmds);
+			return cli_opt_error(&cmd_io, c, argv);
+		}
+	}
+	if (argc - optind != 1) {
+		free(cmds);
+		return cli_bad_usage(&cmd_io, "expecting one image file name");
+	}
+	x.path = argv[optind];
+	if (cli_open_image(x.path, &o,
+			   !x.readonly && any_writes(cmds, ncmds) ? UQ_OPEN_RDWR : 0,
+			   &x.img) < 0)
+		goto fail;
+	in = malloc(sizeof(*in));
+	if (!in || (ret = uq_get_info(x.img, in)) < 0) {
+		if (in)
+			cli_error_uq(ret, x.path);
+		else
+			cli_error("out of memory");
+		goto fail;
+	}
+	x.size = in->virtual_size;
+	if (ncmds) {
+		/* Like qemu-io: a failed command doesn't stop the next ones. */
+		for (int i = 0; i < ncmds; i++)
+			if (run_command(&x, cmds[i]) < 0)
+				failed = 1;
+	} else {
+		/* No -c: commands from stdin, one per line, until EOF or quit. */
+		char *line = NULL;
+		size_t cap = 0;
+		bool tty = isatty(STDIN_FILENO);
+
+		for (;;) {
+			if (tty) {
+				printf("uqcow io> ");
+				fflush(stdout);
+			}
+			if (getline(&line, &cap, stdin) < 0)
+				break;
+			line[strcspn(line, "\n")] = '\0';
+			if (!strcmp(line, "quit") || !strcmp(line, "q"))
+				break;
+			if (run_command(&x, line) < 0)
+				failed = 1;
+			fflush(stdout);
+		}
+		free(line);
+	}
+	free(in);
+	free(cmds);
+	uq_close(x.img);
+	fflush(stdout);
+	return failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+fail:
+	free(in);
+	free(cmds);
+	if (x.img)
+		uq_close(x.img);
+	return CLI_EXIT_FAIL;
+}
+
+const struct cli_verb cmd_io = {
+	.name = "io",
+	.summary = "run qemu-io style commands on an image (qemu-io)",
+	.run = run,
+	.synopsis = "io [-r] [-f FMT] [-t CACHE | -n] [-i BACKEND] -c CMD "
+		    "[-c CMD ...] FILE",
+	.help =
+	"  -r             open read-only\n"
+	"  -f FMT         qcow2 or raw (default: probe)\n"
+	"  -c CMD         run CMD; may repeat (without -c: read from stdin)\n"
+	"  -t MODE, -n    cache mode; none / -n open with O_DIRECT\n"
+	"  -i BACKEND     io_uring or psync (also --io)\n"
+	"  -o l2-cache-size=SIZE\n"
+	"\nCommands:\n"
+	"  read [-Cqv] [-P pattern [-s off] [-l len]] off len\n"
+	"                 read; -P checks every byte against pattern, -v dumps\n"
+	"  map            allocated ranges of this image (not its backing)\n"
+	"  write, discard, flush   need the write path (not yet)\n"
+	"\nOffsets and lengths take k, M, G, T suffixes. Exit status 1 if any\n"
+	"command failed.\n",
+};
