@@ -94,13 +94,6 @@ def put(data, field, value):
     struct.pack_into(fmt, data, off, value)
 
 
-def put_at(data, off, fmt, value):
-    end = off + struct.calcsize(fmt)
-    if len(data) < end:
-        data.extend(b'\0' * (end - len(data)))
-    struct.pack_into(fmt, data, off, value)
-
-
 class Image:
     """Just enough of a parser to find where things are."""
 
