@@ -114,7 +114,8 @@ static int raw_close(struct conv *c, bool sync)
 
 	if (c->fd < 0)
 		return 0;
-	if (sync && fsync(c->fd) < 0) {
+	/* EINVAL: a special file (/dev/null) that has nothing to sync. */
+	if (sync && fsync(c->fd) < 0 && errno != EINVAL) {
 		ret = -errno;
 		cli_error("%s: flush: %s", c->dst, strerror(-ret));
 	}

@@ -399,6 +399,7 @@ static int run_command(struct io_ctx *x, const char *text)
 		ret = -EPERM;
 		goto out;
 	}
+	argv[0] = (char *)c->name;   /* "w" runs as "write" */
 	ret = c->fn(x, argc, argv);
 out:
 	free(line);
