@@ -7,15 +7,27 @@
 #include "error.h"
 #include "uqcow.h"
 
-static _Thread_local char errbuf[1024];
+static _Thread_local char errbuf[4096];
+
+/* Messages are one line: names from hostile images may hold newlines. */
+static void one_line(char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			*s = '?';
+}
 
 int uq_seterr(int err, const char *fmt, ...)
 {
+	char tmp[sizeof(errbuf)];
 	va_list ap;
 
+	/* through a copy: callers may pass uq_errmsg() as an argument */
 	va_start(ap, fmt);
-	vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
+	one_line(tmp);
+	memcpy(errbuf, tmp, sizeof(errbuf));
 	return err;
 }
 
@@ -34,6 +46,7 @@ void uq_errprefix(const char *prefix)
 	memcpy(errbuf + n, ": ", 2);
 	memcpy(errbuf + n + 2, tmp, sizeof(errbuf) - n - 3);
 	errbuf[sizeof(errbuf) - 1] = '\0';
+	one_line(errbuf);
 }
 
 void uq_errclear(void)

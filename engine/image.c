@@ -63,7 +63,8 @@ static char *resolve(const char *dir, const char *name)
 {
 	char *p;
 
-	if (name[0] == '/')
+	/* an image named without a directory keeps names as given, like qemu */
+	if (name[0] == '/' || !strcmp(dir, "."))
 		return strdup(name);
 	if (asprintf(&p, "%s/%s", dir, name) < 0)
 		return NULL;
@@ -86,6 +87,14 @@ static int check_features(uq_image *img)
 	if (h->crypt_method)
 		return uq_seterr(-ENOTSUP, "crypt_method: encrypted images (%s) are "
 				 "not supported", h->crypt_method == 1 ? "AES" : "LUKS");
+	if (img->exts->has_bitmaps &&
+	    (img->exts->bitmap_directory_offset > img->file_size ||
+	     img->file_size - img->exts->bitmap_directory_offset <
+	     img->exts->bitmap_directory_size))
+		return uq_seterr(-EINVAL, "bitmaps extension: bitmap directory (offset "
+				 "0x%llx, %llu bytes) lies past the end of the file",
+				 (unsigned long long)img->exts->bitmap_directory_offset,
+				 (unsigned long long)img->exts->bitmap_directory_size);
 	if (img->exts->has_crypto)
 		return uq_seterr(-ENOTSUP, "header extension: full disk encryption "
 				 "header present: encrypted images are not supported");
@@ -224,11 +233,10 @@ static int open_backing(uq_image *img, const struct open_args *a)
 	ba.depth = a->depth + 1;
 	ret = open_one(img->backing_path, fmt, &ba, &img->backing);
 	if (ret < 0) {
-		char msg[768];
-
-		/* keep it one line, naming both ends of the link */
-		snprintf(msg, sizeof(msg), "%s", uq_errmsg());
-		return uq_seterr(ret, "backing file: %s", msg);
+		/* one "backing file:" however deep: top: backing file: deep: why */
+		if (strncmp(uq_errmsg(), "backing file: ", 14))
+			uq_errprefix("backing file");
+		return ret;
 	}
 	img->backing->depth = img->depth + 1;
 	return 0;
@@ -403,8 +411,8 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 	return 0;
 fail:
 	free(head);
-	/* prefix once: messages from a backing file already carry their name */
-	if (strncmp(uq_errmsg(), "backing file: ", 14))
+	/* the top image names itself; inner links already named theirs */
+	if (a->depth == 0 || strncmp(uq_errmsg(), "backing file: ", 14))
 		uq_errprefix(path);
 	uq_close(img);
 	return ret;

@@ -28,7 +28,9 @@ struct l2cache {
 	size_t hand;
 	size_t table_bytes;
 	size_t align;
-	struct l2_waiter *starved; /* every slot was filling when these came */
+	/* every slot was busy when these came: FIFO, so that pieces are
+	 * served in request order instead of evicting each other's tables */
+	struct l2_waiter *starved, **starved_tail;
 	size_t ndirty;
 	uint64_t hits, misses;
 };
@@ -166,12 +168,19 @@ int l2c_get(struct l2cache *c, uint64_t off, struct l2_waiter *w,
 	}
 	s = victim(c);
 	if (!s) {
-		w->next = c->starved;
-		c->starved = w;
+		w->next = NULL;
+		if (!c->starved)
+			c->starved_tail = &c->starved;
+		*c->starved_tail = w;
+		c->starved_tail = &w->next;
 		return L2C_WAIT;
 	}
 	if (claim(c, s, off, SLOT_FILLING) < 0)
 		return -ENOMEM;
+	/* The filler waits on its own slot too: it must be woken before the
+	 * starved ones, or they could evict the table it just read. */
+	w->next = NULL;
+	s->waiters = w;
 	c->misses++;
 	*fill = s->buf;
 	return L2C_FILL;
@@ -203,6 +212,7 @@ void l2c_fill_done(struct l2cache *c, uint64_t off, int err)
 	/* Detach before waking: wakers call l2c_get and may park again. */
 	starved = c->starved;
 	c->starved = NULL;
+	c->starved_tail = &c->starved;
 	wake_all(w, err);
 	wake_all(starved, 0);
 }

@@ -18,7 +18,8 @@ struct l2_waiter {
 
 enum l2c_result {
 	L2C_HIT,   /* *tab points at the table (big-endian entries) */
-	L2C_FILL,  /* caller reads the table into *fill, then l2c_fill_done() */
+	L2C_FILL,  /* caller reads the table into *fill, then l2c_fill_done();
+		    * w is parked too and woken by that call */
 	L2C_WAIT,  /* w was parked; it is woken when a fill completes */
 };
 

@@ -65,20 +65,14 @@ static void data_done(struct io_req *io, ssize_t res)
 {
 	struct rreq *rq;
 
-	if (io->priv) {                      /* a struct op */
-		struct op *op = io->priv;
+	struct op *op = io->priv;        /* set for a struct op, NULL in a piece */
 
-		rq = op->rq;
-		free(op);
-	} else {
-		struct piece *p = (struct piece *)((char *)io - offsetof(struct piece, io));
-
-		rq = p->rq;
-	}
+	rq = op ? op->rq : ((struct piece *)((char *)io - offsetof(struct piece, io)))->rq;
 	if (res < 0)
 		rreq_fail(rq, (int)res);
 	else if ((size_t)res != io->len)
 		rreq_fail(rq, -EIO);
+	free(op);                        /* io lives inside op */
 	rreq_put(rq);
 }
 
@@ -308,8 +302,8 @@ static void fill_done(struct io_req *io, ssize_t res)
 	if (err)
 		uq_seterr(err, "%s: reading L2 table at 0x%llx failed", p->rq->img->path,
 			  (unsigned long long)io->off);
+	/* wakes p itself first, then the others */
 	l2c_fill_done(p->rq->img->l2c, io->off, err);
-	piece_woken(&p->w, err);
 }
 
 static void piece_resolve(struct piece *p)
@@ -552,6 +546,9 @@ int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab)
 			if (ret < 0)
 				return uq_seterr(ret, "%s: reading L2 table at 0x%llx failed",
 						 img->path, (unsigned long long)l2_off);
+			/* still resident unless a woken reader evicted it; then retry */
+			if ((*tab = l2c_peek(img->l2c, l2_off)))
+				return 0;
 			continue;
 		}
 		/* another request is filling it: let the queue run */

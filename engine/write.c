@@ -67,11 +67,6 @@ int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off)
 	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
 }
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
-}
-
 static int data_write_sync(uq_image *img, const void *buf, size_t len, uint64_t host)
 {
 	int ret = io_pwrite_full(img->data, buf, len, host);
@@ -171,7 +166,7 @@ static uint8_t *entry_ptr(uq_image *img, uint8_t *tab, uint64_t off)
 
 static int set_entry(uq_image *img, uint64_t off, uint64_t entry, uint64_t bitmap)
 {
-	uint8_t *tab, *e;
+	uint8_t *tab = NULL, *e;
 	int ret = l2_for_write(img, off, &tab);
 
 	if (ret < 0)

@@ -48,15 +48,16 @@ int main(void)
 	CHECK(l2c_get(c, 0x10000, &w2.w, &tab, &buf2) == L2C_WAIT);
 	memset(buf, 0x01, 4096);
 	l2c_fill_done(c, 0x10000, 0);
-	CHECK(w2.woken == 1 && w2.err == 0 && w1.woken == 0);
+	CHECK(w2.woken == 1 && w2.err == 0 && w1.woken == 1);
 	CHECK(l2c_get(c, 0x10000, &w1.w, &tab, &buf) == L2C_HIT && tab[100] == 0x01);
 	CHECK(l2c_misses(c) == 1 && l2c_hits(c) == 1);
 
 	/* a failed fill wakes waiters with the error and leaves no entry */
+	w1.woken = 0;
 	CHECK(l2c_get(c, 0x20000, &w1.w, &tab, &buf) == L2C_FILL);
 	CHECK(l2c_get(c, 0x20000, &w3.w, &tab, &buf) == L2C_WAIT);
 	l2c_fill_done(c, 0x20000, -5);
-	CHECK(w3.woken == 1 && w3.err == -5);
+	CHECK(w3.woken == 1 && w3.err == -5 && w1.woken == 1 && w1.err == -5);
 	CHECK(l2c_get(c, 0x20000, &w1.w, &tab, &buf) == L2C_FILL);
 	l2c_fill_done(c, 0x20000, 0);
 

@@ -109,7 +109,8 @@ static void build_image(struct build *b, unsigned cbits, bool v3, bool extl2,
 		uint64_t l1i = c >> b->g.l2_bits, idx = c & (b->g.l2_entries - 1);
 		uint64_t gofs = c * b->cs;
 		uint64_t glen = size - gofs < b->cs ? size - gofs : b->cs;
-		uint8_t *l1e = b->file + h->l1_table_offset + l1i * 8;
+		uint64_t l1eoff = h->l1_table_offset + l1i * 8;
+#define l1e (b->file + l1eoff)
 		int kind = (int)(rnd() % 6);   /* 0 unalloc 1 zero 2,3 data 4 compressed 5 sub */
 
 		if (kind == 0)
@@ -119,8 +120,9 @@ static void build_image(struct build *b, unsigned cbits, bool v3, bool extl2,
 
 			uq_put_be64(l1e, l2 | QCOW_OFLAG_COPIED);
 		}
-		uint8_t *e = b->file + (uq_be64(l1e) & QCOW_L1E_OFFSET_MASK) +
-			     idx * b->g.l2_entry_bytes;
+		/* an offset, not a pointer: alloc_host may move b->file */
+		uint64_t eoff = (uq_be64(l1e) & QCOW_L1E_OFFSET_MASK) + idx * b->g.l2_entry_bytes;
+#define e (b->file + eoff)
 		uint8_t *dst = b->expect + gofs;
 
 		if (kind == 1 && (!v3 || extl2))
@@ -175,6 +177,8 @@ static void build_image(struct build *b, unsigned cbits, bool v3, bool extl2,
 			uq_put_be64(e, uq_l2_encode_normal(host, true));
 			uq_put_be64(e + 8, ((uint64_t)zero << 32) | alloc);
 		}
+#undef e
+#undef l1e
 	}
 	/* refcounts are not read by this path; one block keeps it well formed */
 	uint64_t rb = alloc_host(b, b->cs);
@@ -208,7 +212,7 @@ static void verify(const char *path, struct build *b, enum uq_backend be, uint64
 	struct uq_open_opts o = { .struct_size = sizeof(o), .backend = be,
 				  .l2_cache_size = cache };
 	uq_image *img;
-	uint8_t *buf = malloc(4u << 20);
+	uint8_t *buf = malloc(8u << 20);   /* random reads span up to 3 clusters of 2 MiB */
 	int ret;
 
 	if (be == UQ_IO_MEM) {
