@@ -258,8 +258,10 @@ static int l2_table_of(uq_image *img, uint64_t off, uint64_t *l2_off)
 	if (*l2_off && *l2_off < img->g.cluster_size)
 		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table overlaps the header",
 				 img->path, (unsigned long long)l1i);
-	if (*l2_off && (*l2_off > img->file_size ||
-			img->file_size - *l2_off < img->g.cluster_size))
+	/* a writer's new tables may lie past the size the file had at open */
+	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+
+	if (*l2_off && (*l2_off > end || end - *l2_off < img->g.cluster_size))
 		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table at 0x%llx lies past "
 				 "the end of the file", img->path, (unsigned long long)l1i,
 				 (unsigned long long)*l2_off);

@@ -52,12 +52,14 @@ int uq_rc_load(uq_image *img)
 		free(raw);
 		return -ENOMEM;
 	}
+	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+
 	ret = io_pread_full(img->file, raw, n * 8, img->h.refcount_table_offset);
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
 		uint64_t off;
 
 		ret = uq_reftable_decode(&img->g, uq_be64(raw + i * 8), &off);
-		if (ret == 0 && off && (off < cs(img) || off >= img->file_size))
+		if (ret == 0 && off && (off < cs(img) || off >= end))
 			ret = uq_seterr(-EINVAL, "refcount block at 0x%llx is outside the file",
 					(unsigned long long)off);
 		if (ret < 0)
