@@ -186,6 +186,20 @@ int uq_resize(uq_image *img, uint64_t size);
  * safe: new structures first, the header switch last. */
 int uq_amend_refcount_bits(uq_image *img, uint32_t bits);
 
+/* ---- more queues: one per thread driving the same image ---- */
+
+/* A queue (its own io_uring) for the calling thread. Reads may be issued
+ * on any number of queues at once, from their own threads; writes, flushes
+ * and structural changes go through the image's own calls (uq_aio_write,
+ * uq_pwrite, ...) from one thread. Destroy every queue before uq_close. */
+typedef struct uq_queue uq_queue;
+
+int uq_queue_create(uq_image *img, unsigned depth, uq_queue **out);
+void uq_queue_destroy(uq_queue *q);
+int uq_queue_read(uq_queue *q, void *buf, size_t len, uint64_t off,
+		  uq_done_fn cb, void *arg);
+int uq_queue_poll(uq_queue *q, unsigned min_complete);
+
 #ifdef __cplusplus
 }
 #endif
