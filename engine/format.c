@@ -867,3 +867,39 @@ int uq_snapshot_decode(const struct uq_geom *g, const uint8_t *buf, size_t len,
 	s->entry_len = (size_t)padded;
 	return 0;
 }
+
+long uq_snapshot_encode(const struct uq_snapshot_raw *s, uint8_t *buf, size_t len)
+{
+	uint32_t extra = s->has_icount ? 24 : 16;
+	uint64_t total = round_up8((uint64_t)SNAP_FIXED + extra + s->id_len + s->name_len);
+
+	if ((uint64_t)s->l1_size * 8 > QCOW_MAX_L1_BYTES)
+		return uq_seterr(-EINVAL, "snapshot l1_size %u exceeds the 32 MiB "
+				 "L1 limit", s->l1_size);
+	if (!buf)
+		return (long)total;
+	if (total > len)
+		return uq_seterr(-ENOSPC, "snapshot entry needs %" PRIu64 " bytes, "
+				 "%zu available", total, len);
+	memset(buf, 0, (size_t)total);
+	uq_put_be64(buf, s->l1_table_offset);
+	uq_put_be32(buf + 8, s->l1_size);
+	uq_put_be16(buf + 12, s->id_len);
+	uq_put_be16(buf + 14, s->name_len);
+	uq_put_be32(buf + 16, s->date_sec);
+	uq_put_be32(buf + 20, s->date_nsec);
+	uq_put_be64(buf + 24, s->vm_clock_nsec);
+	/* the 32-bit field is ignored when the 64-bit one is present; qemu
+	 * stores the low half there, so readers of either agree below 4 GiB */
+	uq_put_be32(buf + 32, (uint32_t)s->vm_state_size);
+	uq_put_be32(buf + 36, extra);
+	uq_put_be64(buf + SNAP_FIXED, s->vm_state_size);
+	uq_put_be64(buf + SNAP_FIXED + 8, s->disk_size);
+	if (s->has_icount)
+		uq_put_be64(buf + SNAP_FIXED + 16, s->icount);
+	if (s->id_len)
+		memcpy(buf + SNAP_FIXED + extra, s->id, s->id_len);
+	if (s->name_len)
+		memcpy(buf + SNAP_FIXED + extra + s->id_len, s->name, s->name_len);
+	return (long)total;
+}

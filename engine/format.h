@@ -273,4 +273,12 @@ static inline void uq_put_be64(uint8_t *p, uint64_t v)
 	uq_put_be32(p + 4, (uint32_t)v);
 }
 
+/* Encode one snapshot table entry at buf (len bytes available): the fixed
+ * part, extra data (64-bit VM state size and disk size; icount too when
+ * has_icount, as qemu 5.0+ writes it: 16 or 24 bytes, s->extra_size is
+ * ignored), id, name and zero padding to a multiple of 8. With buf NULL
+ * only the length is computed. Returns the entry length, -ENOSPC if it
+ * doesn't fit in len, -EINVAL for an L1 table over 32 MiB. */
+long uq_snapshot_encode(const struct uq_snapshot_raw *s, uint8_t *buf, size_t len);
+
 #endif

@@ -92,15 +92,16 @@ static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
 }
 
 /* read.c */
-int uq_read_start(uq_image *img, void *buf, size_t len, uint64_t off,
-		  void (*done)(void *arg, ssize_t res), void *arg);
+int uq_read_start(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len,
+		  uint64_t off, void (*done)(void *arg, ssize_t res), void *arg);
+int uq_ctx_poll(struct uq_ctx *ctx, unsigned min_complete);
 void uq_ctx_complete(struct uq_ctx *ctx, struct uq_done *d);
 
 /* Synchronously look up the L2 entry covering guest offset off.
  * *m is the decoded mapping, or UQ_C_UNALLOC if no L2 table. */
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m);
-/* The L2 table at l2_off, read synchronously on a miss. */
-int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab);
+/* Entry idx of the L2 table at l2_off, read synchronously on a miss. */
+int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2]);
 
 /* refcount.c */
 int uq_rc_load(uq_image *img);

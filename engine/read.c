@@ -36,6 +36,7 @@ struct op {
 
 struct rreq {
 	uq_image *img;
+	struct uq_ctx *ctx;         /* the queue this request runs on */
 	void (*done)(void *arg, ssize_t res);
 	void *arg;
 	size_t len;
@@ -103,7 +104,7 @@ static void read_data(struct piece *p, uint8_t *buf, size_t len, uint64_t host)
 	io->len = len;
 	io->off = host;
 	io->done = data_done;
-	io_queue_req(rq->img->ctx->q, io);
+	io_queue_req(rq->ctx->q, io);
 }
 
 static void child_done(void *arg, ssize_t res)
@@ -127,7 +128,7 @@ static void read_backing(struct piece *p, uint8_t *buf, size_t len, uint64_t off
 		in = b->size - off < len ? (size_t)(b->size - off) : len;
 	if (in) {
 		rq->pending++;
-		ret = uq_read_start(b, buf, in, off, child_done, rq);
+		ret = uq_read_start(b, rq->ctx, buf, in, off, child_done, rq);
 		if (ret < 0) {
 			rreq_fail(rq, ret);
 			rq->pending--;
@@ -179,7 +180,7 @@ static void read_compressed(struct piece *p, const struct uq_l2map *m)
 				  .len = (size_t)m->comp_len, .off = m->comp_off,
 				  .done = compressed_done, .priv = op };
 	rq->pending++;
-	io_queue_req(rq->img->ctx->q, &op->io);
+	io_queue_req(rq->ctx->q, &op->io);
 }
 
 /* Extended L2: runs of subclusters with the same state. */
@@ -268,14 +269,21 @@ static int l2_table_of(uq_image *img, uint64_t off, uint64_t *l2_off)
 	return 0;
 }
 
-static int decode_at(uq_image *img, const uint8_t *tab, uint64_t off,
-		     struct uq_l2map *m)
+static uint64_t l2_index(const uq_image *img, uint64_t off)
 {
-	uint64_t idx = uq_cluster_of(img, off) & (img->g.l2_entries - 1);
-	const uint8_t *e = tab + idx * img->g.l2_entry_bytes;
-	int ret;
+	return uq_cluster_of(img, off) & (img->g.l2_entries - 1);
+}
 
-	ret = uq_l2_decode(&img->g, uq_be64(e), img->g.extended_l2 ? uq_be64(e + 8) : 0, m);
+static unsigned l2_words(const uq_image *img)
+{
+	return img->g.extended_l2 ? 2 : 1;
+}
+
+static int decode_entry(uq_image *img, const uint64_t e[2], uint64_t off,
+			struct uq_l2map *m)
+{
+	int ret = uq_l2_decode(&img->g, e[0], img->g.extended_l2 ? e[1] : 0, m);
+
 	if (ret < 0)
 		return uq_seterr(ret, "%s: l2 entry for guest offset 0x%llx: %s", img->path,
 				 (unsigned long long)off, uq_errmsg());
@@ -311,9 +319,8 @@ static void fill_done(struct io_req *io, ssize_t res)
 static void piece_resolve(struct piece *p)
 {
 	uq_image *img = p->rq->img;
-	const uint8_t *tab;
+	uint64_t l2_off, e[2] = { 0, 0 };
 	uint8_t *fill;
-	uint64_t l2_off;
 	struct uq_l2map m;
 	int ret;
 
@@ -325,19 +332,26 @@ static void piece_resolve(struct piece *p)
 		rreq_put(p->rq);
 		return;
 	}
-	ret = l2c_get(img->l2c, l2_off, &p->w, &tab, &fill);
+	ret = l2c_get(img->l2c, l2_off, l2_index(img, p->off), l2_words(img), e, &p->w, &fill);
 	if (ret < 0)
 		goto fail;
 	if (ret == L2C_WAIT)
 		return;
 	if (ret == L2C_FILL) {
+		if (l2c_shared(img->l2c)) {
+			/* other threads may wait on this table: never make them
+			 * depend on our event loop */
+			ret = io_pread_full(img->file, fill, (size_t)img->g.cluster_size, l2_off);
+			l2c_fill_done(img->l2c, l2_off, ret);   /* wakes p */
+			return;
+		}
 		p->io = (struct io_req){ .op = IO_READ, .file = img->file, .buf = fill,
 					 .len = (size_t)img->g.cluster_size, .off = l2_off,
 					 .done = fill_done };
-		io_queue_req(img->ctx->q, &p->io);
+		io_queue_req(p->rq->ctx->q, &p->io);
 		return;
 	}
-	ret = decode_at(img, tab, p->off, &m);
+	ret = decode_entry(img, e, p->off, &m);
 	if (ret < 0)
 		goto fail;
 	serve(p, &m);
@@ -350,7 +364,7 @@ fail:
 
 /* ---- requests ---- */
 
-int uq_read_start(uq_image *img, void *buf, size_t len, uint64_t off,
+int uq_read_start(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len, uint64_t off,
 		  void (*done)(void *arg, ssize_t res), void *arg)
 {
 	uint64_t unit = img->fmt == UQ_FMT_QCOW2 ? img->g.cluster_size : RAW_PIECE;
@@ -369,6 +383,7 @@ int uq_read_start(uq_image *img, void *buf, size_t len, uint64_t off,
 	if (!rq)
 		return -ENOMEM;
 	rq->img = img;
+	rq->ctx = ctx;
 	rq->done = done;
 	rq->arg = arg;
 	rq->len = len;
@@ -428,7 +443,7 @@ int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
 	d->cb = cb;
 	d->arg = arg;
 	d->ctx = img->ctx;
-	ret = uq_read_start(img, buf, len, off, user_done, d);
+	ret = uq_read_start(img, img->ctx, buf, len, off, user_done, d);
 	if (ret < 0)
 		free(d);
 	return ret;
@@ -452,9 +467,8 @@ static unsigned deliver(struct uq_ctx *ctx)
 	return n;
 }
 
-int uq_poll(uq_image *img, unsigned min_complete)
+int uq_ctx_poll(struct uq_ctx *ctx, unsigned min_complete)
 {
-	struct uq_ctx *ctx = img->ctx;
 	unsigned n = deliver(ctx);
 	int ret;
 
@@ -530,31 +544,28 @@ static void sync_woken(struct l2_waiter *w, int err)
 	s->err = err;
 }
 
-int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab)
+int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2])
 {
 	struct sync_waiter sw = { .w.wake = sync_woken };
 	uint8_t *fill;
 	int ret;
 
 	for (;;) {
-		ret = l2c_get(img->l2c, l2_off, &sw.w, tab, &fill);
+		ret = l2c_get(img->l2c, l2_off, idx, l2_words(img), e, &sw.w, &fill);
 		if (ret < 0)
 			return ret;
 		if (ret == L2C_HIT)
 			return 0;
+		sw.woken = false;
 		if (ret == L2C_FILL) {
 			ret = io_pread_full(img->file, fill, (size_t)img->g.cluster_size, l2_off);
 			l2c_fill_done(img->l2c, l2_off, ret);
 			if (ret < 0)
 				return uq_seterr(ret, "%s: reading L2 table at 0x%llx failed",
 						 img->path, (unsigned long long)l2_off);
-			/* still resident unless a woken reader evicted it; then retry */
-			if ((*tab = l2c_peek(img->l2c, l2_off)))
-				return 0;
-			continue;
+			continue;   /* a woken reader may have evicted it: look again */
 		}
 		/* another request is filling it: let the queue run */
-		sw.woken = false;
 		while (!sw.woken) {
 			ret = io_reap(img->ctx->q, 1);
 			if (ret < 0)
@@ -569,8 +580,7 @@ int uq_l2_load_sync(uq_image *img, uint64_t l2_off, const uint8_t **tab)
 
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
 {
-	const uint8_t *tab;
-	uint64_t l2_off;
+	uint64_t l2_off, e[2] = { 0, 0 };
 	int ret;
 
 	memset(m, 0, sizeof(*m));
@@ -578,6 +588,80 @@ int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
 	ret = l2_table_of(img, off, &l2_off);
 	if (ret < 0 || !l2_off)
 		return ret;
-	ret = uq_l2_load_sync(img, l2_off, &tab);
-	return ret < 0 ? ret : decode_at(img, tab, off, m);
+	ret = uq_l2_entry_sync(img, l2_off, l2_index(img, off), e);
+	return ret < 0 ? ret : decode_entry(img, e, off, m);
+}
+
+/* ---- per-thread queues ---- */
+
+struct uq_queue {
+	struct uq_ctx ctx;
+	uq_image *img;
+};
+
+int uq_queue_create(uq_image *img, unsigned depth, uq_queue **out)
+{
+	const char *force = io_backend_name(img->ctx->q);
+	uq_queue *q = calloc(1, sizeof(*q));
+	int ret;
+
+	if (!q)
+		return -ENOMEM;
+	/* the same backend the image got, so results compare */
+	ret = io_queue_create(force, depth ? depth : UQ_DEFAULT_QUEUE_DEPTH, &q->ctx.q);
+	if (ret < 0) {
+		free(q);
+		return uq_seterr(ret, "%s: can't set up a %s queue", img->path, force);
+	}
+	q->ctx.done_tail = &q->ctx.done_head;
+	q->img = img;
+	/* from now on misses are filled synchronously, chain-wide */
+	for (uq_image *i = img; i; i = i->backing)
+		if (i->l2c)
+			l2c_set_shared(i->l2c, true);
+	*out = q;
+	return 0;
+}
+
+void uq_queue_destroy(uq_queue *q)
+{
+	if (!q)
+		return;
+	while (io_pending(q->ctx.q) && io_reap(q->ctx.q, 1) > 0)
+		;
+	while (q->ctx.done_head) {
+		struct uq_done *d = q->ctx.done_head;
+
+		q->ctx.done_head = d->next;
+		free(d);
+	}
+	io_queue_free(q->ctx.q);
+	free(q);
+}
+
+int uq_queue_read(uq_queue *q, void *buf, size_t len, uint64_t off,
+		  uq_done_fn cb, void *arg)
+{
+	struct uq_done *d = calloc(1, sizeof(*d));
+	int ret;
+
+	if (!d)
+		return -ENOMEM;
+	d->cb = cb;
+	d->arg = arg;
+	d->ctx = &q->ctx;
+	ret = uq_read_start(q->img, &q->ctx, buf, len, off, user_done, d);
+	if (ret < 0)
+		free(d);
+	return ret;
+}
+
+int uq_queue_poll(uq_queue *q, unsigned min_complete)
+{
+	return uq_ctx_poll(&q->ctx, min_complete);
+}
+
+int uq_poll(uq_image *img, unsigned min_complete)
+{
+	return uq_ctx_poll(img->ctx, min_complete);
 }

@@ -56,7 +56,7 @@ static void flag_done(void *arg, ssize_t res)
 int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off)
 {
 	struct sync_flag f = { 0 };
-	int ret = uq_read_start(img, buf, len, off, flag_done, &f);
+	int ret = uq_read_start(img, img->ctx, buf, len, off, flag_done, &f);
 
 	while (ret == 0 && !f.done) {
 		ret = io_reap(img->ctx->q, 1);
@@ -79,14 +79,26 @@ static int data_write_sync(uq_image *img, const void *buf, size_t len, uint64_t 
 	return 0;
 }
 
-/* L2 table of the guest offset, loaded, copied or created so that it can
- * be changed: on return *tab is writable and marked dirty. */
-static int l2_for_write(uq_image *img, uint64_t off, uint8_t **tab)
+static uint64_t l2_idx(const uq_image *img, uint64_t off)
+{
+	return uq_cluster_of(img, off) & (img->g.l2_entries - 1);
+}
+
+/* Make the table at l2_off resident (then it can be updated or copied). */
+static int l2_load(uq_image *img, uint64_t l2_off)
+{
+	uint64_t e[2];
+
+	return uq_l2_entry_sync(img, l2_off, 0, e);
+}
+
+/* Offset of the L2 table of the guest offset, copied or created so that
+ * it can be changed. */
+static int l2_for_write(uq_image *img, uint64_t off, uint64_t *out)
 {
 	uint64_t l1i = uq_cluster_of(img, off) >> img->g.l2_bits;
-	uint64_t l2_off, new_off, rc = 1;
-	uint8_t *buf;
-	const uint8_t *old;
+	uint64_t l2_off = 0, new_off, rc = 1;
+	uint8_t *copy = NULL;
 	bool copied;
 	int ret;
 
@@ -113,11 +125,7 @@ static int l2_for_write(uq_image *img, uint64_t off, uint8_t **tab)
 		}
 	}
 	if (l2_off && copied) {
-		ret = uq_l2_load_sync(img, l2_off, &old);
-		if (ret < 0)
-			return ret;
-		*tab = (uint8_t *)old;
-		l2c_set_dirty(img->l2c, l2_off);
+		*out = l2_off;
 		return 0;
 	}
 	ret = uq_rc_alloc(img, 1, &new_off);
@@ -129,53 +137,49 @@ static int l2_for_write(uq_image *img, uint64_t off, uint8_t **tab)
 	if (ret < 0)
 		return ret;
 	if (l2_off) {               /* shared with a snapshot: copy it */
-		uint8_t *copy = malloc(csz(img));
-
+		copy = malloc(csz(img));
 		if (!copy)
 			return -ENOMEM;
-		ret = uq_l2_load_sync(img, l2_off, &old);
-		if (ret == 0)
-			memcpy(copy, old, csz(img));
-		if (ret == 0)
-			ret = l2c_install(img->l2c, new_off, &buf);
-		if (ret == 0)
-			memcpy(buf, copy, csz(img));
-		free(copy);
+		do {
+			ret = l2_load(img, l2_off);
+			if (ret == 0)
+				ret = l2c_copy_out(img->l2c, l2_off, copy);
+		} while (ret == -ENOENT);   /* evicted between the two: again */
 		if (ret == 0)
 			ret = uq_rc_free_later(img, l2_off, csz(img));
-	} else {
-		ret = l2c_install(img->l2c, new_off, &buf);
-		if (ret == 0)
-			memset(buf, 0, csz(img));
 	}
+	if (ret == 0)
+		ret = l2c_install(img->l2c, new_off, copy);
+	if (ret == -EBUSY) {            /* every slot dirty: write them out */
+		ret = uq_meta_flush(img);
+		if (ret == 0)
+			ret = l2c_install(img->l2c, new_off, copy);
+	}
+	free(copy);
 	if (ret < 0)
 		return ret;
 	l2c_set_dirty(img->l2c, new_off);
 	img->l1[l1i] = new_off | QCOW_OFLAG_COPIED;
 	img->l1_dirty = true;
-	*tab = buf;
+	*out = new_off;
 	return 0;
-}
-
-static uint8_t *entry_ptr(uq_image *img, uint8_t *tab, uint64_t off)
-{
-	uint64_t idx = uq_cluster_of(img, off) & (img->g.l2_entries - 1);
-
-	return tab + idx * img->g.l2_entry_bytes;
 }
 
 static int set_entry(uq_image *img, uint64_t off, uint64_t entry, uint64_t bitmap)
 {
-	uint8_t *tab = NULL, *e;
-	int ret = l2_for_write(img, off, &tab);
+	uint64_t l2_off = 0, v[2] = { entry, bitmap };
+	unsigned words = img->g.extended_l2 ? 2 : 1;
+	int ret = l2_for_write(img, off, &l2_off);
 
-	if (ret < 0)
-		return ret;
-	e = entry_ptr(img, tab, off);
-	uq_put_be64(e, entry);
-	if (img->g.extended_l2)
-		uq_put_be64(e + 8, bitmap);
-	return 0;
+	/* a reader thread's miss may evict a clean table until the update
+	 * marks it dirty: load and try again */
+	while (ret == 0) {
+		ret = l2c_update(img->l2c, l2_off, l2_idx(img, off), words, v);
+		if (ret != -ENOENT)
+			break;
+		ret = l2_load(img, l2_off);
+	}
+	return ret;
 }
 
 /* Drop the references the old mapping held (after the L2 change lands). */
@@ -690,7 +694,7 @@ int uq_discard(uq_image *img, uint64_t off, uint64_t len)
 
 /* ---- flush ---- */
 
-static int write_l2(void *arg, uint64_t off, uint8_t *tab)
+static int write_l2(void *arg, uint64_t off, const uint8_t *tab)
 {
 	uq_image *img = arg;
 	int ret = io_pwrite_full(img->file, tab, csz(img), off);

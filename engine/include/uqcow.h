@@ -200,6 +200,28 @@ int uq_queue_read(uq_queue *q, void *buf, size_t len, uint64_t off,
 		  uq_done_fn cb, void *arg);
 int uq_queue_poll(uq_queue *q, unsigned min_complete);
 
+/* ---- internal snapshots ---- */
+
+/* Snapshots are named by ID or name: an ID match wins, else the first
+ * snapshot with that name (qemu-img's rule; names need not be unique). */
+
+/* Take a snapshot of the active state (disk only, no VM state). Needs
+ * refcount_bits >= 2; a width too narrow for one more reference to some
+ * cluster refuses with -ERANGE and changes nothing. */
+int uq_snapshot_create(uq_image *img, const char *name);
+
+/* Revert the active state to a snapshot, its virtual size included;
+ * what only the old state used is freed. */
+int uq_snapshot_apply(uq_image *img, const char *name_or_id);
+
+/* Remove a snapshot and free what only it used. */
+int uq_snapshot_delete(uq_image *img, const char *name_or_id);
+
+/* Make an image opened read-only read as a snapshot: its L1 table and
+ * virtual size become the snapshot's (qemu-img convert -l). Call with no
+ * I/O in flight, before any other thread uses the image. */
+int uq_snapshot_view(uq_image *img, const char *name_or_id);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fault.h"
 #include "io.h"
 
 /* Largest transfer per syscall: Linux stops at 0x7ffff000 bytes anyway, and
@@ -167,7 +168,7 @@ int io_file_allocated(struct io_file *f, uint64_t *bytes)
 	return 0;
 }
 
-int io_file_truncate(struct io_file *f, uint64_t size)
+int io_truncate_plain(struct io_file *f, uint64_t size)
 {
 	if (f->fd < 0)
 		return io_mem_truncate(f, size);
@@ -177,6 +178,14 @@ int io_file_truncate(struct io_file *f, uint64_t size)
 		if (errno != EINTR)
 			return -errno;
 	return 0;
+}
+
+int io_file_truncate(struct io_file *f, uint64_t size)
+{
+	/* a file under fault injection: it records (or fails) the change */
+	if (f->hook)
+		return io_fault_truncate(f, size);
+	return io_truncate_plain(f, size);
 }
 
 /* pread until len bytes are in; what lies past end of file reads as zeros. */
@@ -347,7 +356,7 @@ int io_pread_full(struct io_file *f, void *buf, size_t len, uint64_t off)
 	return read_loop(f, buf, len, off);
 }
 
-int io_pwrite_full(struct io_file *f, const void *buf, size_t len, uint64_t off)
+static int pwrite_plain(struct io_file *f, const void *buf, size_t len, uint64_t off)
 {
 	int ret = check_range(off, len);
 
@@ -365,7 +374,14 @@ int io_pwrite_full(struct io_file *f, const void *buf, size_t len, uint64_t off)
 	return write_loop(f, buf, len, off);
 }
 
-int io_fsync(struct io_file *f)
+int io_pwrite_full(struct io_file *f, const void *buf, size_t len, uint64_t off)
+{
+	if (f->hook)
+		return io_fault_pwrite(f, buf, len, off);
+	return pwrite_plain(f, buf, len, off);
+}
+
+static int fsync_plain(struct io_file *f)
 {
 	if (f->fd < 0)
 		return 0;
@@ -373,6 +389,13 @@ int io_fsync(struct io_file *f)
 		if (errno != EINTR)
 			return -errno;
 	return 0;
+}
+
+int io_fsync(struct io_file *f)
+{
+	if (f->hook)
+		return io_fault_fsync(f);
+	return fsync_plain(f);
 }
 
 /* Zeros over [off, off+len), clipped to the file size: a punch keeps it. */
@@ -396,7 +419,7 @@ static int write_zeros(struct io_file *f, uint64_t off, size_t len)
 	while (len && ret == 0) {
 		size_t n = min_sz(len, zlen);
 
-		ret = io_pwrite_full(f, z, n, off);
+		ret = pwrite_plain(f, z, n, off);   /* part of the punch, not a write of its own */
 		off += n;
 		len -= n;
 	}
@@ -421,7 +444,7 @@ static int punch(struct io_file *f, uint64_t off, size_t len)
 	return ret;
 }
 
-ssize_t io_exec_sync(struct io_req *r)
+ssize_t io_exec_plain(struct io_req *r)
 {
 	struct io_file *f = r->file;
 	int ret;
@@ -433,14 +456,22 @@ ssize_t io_exec_sync(struct io_req *r)
 		ret = io_pread_full(f, r->buf, r->len, r->off);
 		return ret < 0 ? ret : (ssize_t)r->len;
 	case IO_WRITE:
-		ret = io_pwrite_full(f, r->buf, r->len, r->off);
+		ret = pwrite_plain(f, r->buf, r->len, r->off);
 		return ret < 0 ? ret : (ssize_t)r->len;
 	case IO_FSYNC:
-		return io_fsync(f);
+		return fsync_plain(f);
 	case IO_PUNCH:
 		return punch(f, r->off, r->len);
 	}
 	return -EINVAL;
+}
+
+ssize_t io_exec_sync(struct io_req *r)
+{
+	/* the fault layer sees every request first, then runs it as plain */
+	if (r->file->hook)
+		return io_fault_exec(r);
+	return io_exec_plain(r);
 }
 
 static bool fallback_ok(int err)

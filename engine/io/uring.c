@@ -80,13 +80,14 @@ static void wait_push_front(struct uring_queue *uq, struct io_req *r)
 	uq->nwait++;
 }
 
-/* Requests the kernel is not given: memory files, empty or out-of-range
- * transfers, and O_DIRECT transfers that need a bounce buffer. */
+/* Requests the kernel is not given: memory files, files under fault
+ * injection (the fault layer must see each one, in queue order), empty or
+ * out-of-range transfers, and O_DIRECT transfers that need a bounce buffer. */
 static bool runs_inline(const struct io_req *r)
 {
 	const struct io_file *f = r->file;
 
-	if (f->fd < 0)
+	if (f->fd < 0 || f->hook)
 		return true;
 	if (r->op == IO_FSYNC)
 		return false;

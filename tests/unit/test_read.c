@@ -260,7 +260,7 @@ static void verify(const char *path, struct build *b, enum uq_backend be, uint64
 		CHECK(uq_poll(img, 1) > 0);
 	for (unsigned i = 0; i < nq; i++)
 		CHECK(memcmp(buf + (size_t)i * per, b->expect + offs[i], per) == 0);
-	CHECK(uq_read_start(img, buf, 1, b->size, count_done, NULL) < 0);
+	CHECK(uq_aio_read(img, buf, 1, b->size, count_done, NULL) < 0);
 	uq_close(img);
 	free(buf);
 }

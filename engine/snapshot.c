@@ -1,0 +1,734 @@
+// SPDX-License-Identifier: MIT
+/* Internal snapshots: create, apply (revert to), delete, and read-only
+ * views of a snapshot's disk. Ordered so that a crash only ever leaks. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "error.h"
+#include "snapshot.h"
+
+#define MAX_NAME 1023u    /* what uq_snapshot_info can hand back whole */
+
+static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
+
+static uint64_t clusters_for(const uq_image *img, uint64_t bytes)
+{
+	return (bytes + cs(img) - 1) >> img->g.cluster_bits;
+}
+
+/* The file offset past which nothing exists yet: a bound for decoding
+ * tables this image wrote itself. */
+static uint64_t file_limit(const uq_image *img)
+{
+	return img->host_end > img->file_size ? img->host_end : img->file_size;
+}
+
+int uq_snap_find(const uq_image *img, const char *id_or_name, uint32_t *idx)
+{
+	for (uint32_t i = 0; i < img->nb_snaps; i++)
+		if (!strcmp(img->snaps[i].id, id_or_name)) {
+			*idx = i;
+			return 0;
+		}
+	for (uint32_t i = 0; i < img->nb_snaps; i++)
+		if (!strcmp(img->snaps[i].name, id_or_name)) {
+			*idx = i;
+			return 0;
+		}
+	return uq_seterr(-ENOENT, "%s: no snapshot with ID or name '%s'", img->path,
+			 id_or_name);
+}
+
+/* ---- tables ---- */
+
+static int read_l1(uq_image *img, uint64_t off, uint32_t n, uint64_t *l1)
+{
+	uint8_t *raw;
+	int ret;
+
+	if (!n)
+		return 0;
+	raw = malloc((size_t)n * 8);
+	if (!raw)
+		return -ENOMEM;
+	ret = io_pread_full(img->file, raw, (size_t)n * 8, off);
+	for (uint32_t i = 0; ret == 0 && i < n; i++)
+		l1[i] = uq_be64(raw + (size_t)i * 8);
+	free(raw);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: reading the L1 table at 0x%llx failed", img->path,
+				 (unsigned long long)off);
+	return 0;
+}
+
+/* Write n entries at off; whole clusters when pad (a new table's tail
+ * reads as zeros whatever the cluster held before). */
+static int write_l1(uq_image *img, uint64_t off, const uint64_t *l1, uint32_t n, bool pad)
+{
+	size_t bytes = pad ? (size_t)(clusters_for(img, (uint64_t)n * 8) * cs(img))
+			   : (size_t)n * 8;
+	uint8_t *raw;
+	int ret;
+
+	if (!bytes)
+		return 0;
+	raw = calloc(1, bytes);
+	if (!raw)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++)
+		uq_put_be64(raw + (size_t)i * 8, l1[i]);
+	ret = io_pwrite_full(img->file, raw, bytes, off);
+	free(raw);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: writing the L1 table at 0x%llx failed", img->path,
+				 (unsigned long long)off);
+	return 0;
+}
+
+/* Refcounts to disk, then a barrier: what follows may rely on them. */
+static int rc_sync(uq_image *img)
+{
+	int ret = uq_rc_write_dirty(img);
+
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	return ret;
+}
+
+/* Drop one reference to each cluster of [off, off + bytes). */
+static int unref_range(uq_image *img, uint64_t off, uint64_t bytes)
+{
+	uint64_t first = off >> img->g.cluster_bits;
+	int ret = 0;
+
+	if (!bytes)
+		return 0;
+	uq_meta_del(img, off, bytes);
+	for (uint64_t c = first; c < first + clusters_for(img, bytes) && ret == 0; c++)
+		ret = uq_rc_add(img, c, -1);
+	return ret;
+}
+
+/* ---- refcount walks ---- */
+
+struct walk {
+	uq_image *img;
+	int delta;
+	uint64_t limit;   /* updates to make at most: a rollback replays a prefix */
+	uint64_t done;
+	uint8_t *tab;
+};
+
+/* 1 when the limit is reached (stop, not an error). */
+static int ref_one(struct walk *w, uint64_t cluster, bool l2)
+{
+	uq_image *img = w->img;
+	uint64_t v;
+	int ret;
+
+	if (w->done == w->limit)
+		return 1;
+	ret = uq_rc_get(img, cluster, &v);
+	if (ret < 0)
+		return ret;
+	/* a reference to a free cluster: adding to it would create a refcount
+	 * block and hide the damage; the image needs a repair first */
+	if (w->delta > 0 && v == 0)
+		return uq_seterr(-EUCLEAN, "%s: cluster 0x%llx is in use but has refcount 0; "
+				 "repair the image first (check -r all)", img->path,
+				 (unsigned long long)(cluster << img->g.cluster_bits));
+	ret = uq_rc_add(img, cluster, w->delta);
+	if (ret < 0)
+		return ret;
+	w->done++;
+	if (w->delta < 0 && v == 1 && l2) {
+		/* a freed table may come back as data: forget it was a table */
+		uq_meta_del(img, cluster << img->g.cluster_bits, cs(img));
+		l2c_invalidate(img->l2c, cluster << img->g.cluster_bits);
+	}
+	return 0;
+}
+
+static int walk_l2(struct walk *w, uint64_t l2_off)
+{
+	uq_image *img = w->img;
+	const struct uq_geom *g = &img->g;
+	int ret = io_pread_full(img->file, w->tab, cs(img), l2_off);
+
+	if (ret < 0)
+		return uq_seterr(ret, "%s: reading the L2 table at 0x%llx failed", img->path,
+				 (unsigned long long)l2_off);
+	ret = ref_one(w, l2_off >> g->cluster_bits, true);
+	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
+		const uint8_t *e = w->tab + i * g->l2_entry_bytes;
+		struct uq_l2map m;
+
+		ret = uq_l2_decode(g, uq_be64(e), g->extended_l2 ? uq_be64(e + 8) : 0, &m);
+		if (ret < 0)
+			return uq_seterr(ret, "%s: L2 table at 0x%llx, entry %llu: %s", img->path,
+					 (unsigned long long)l2_off, (unsigned long long)i,
+					 uq_errmsg());
+		if (m.type == UQ_C_COMPRESSED) {
+			/* every host cluster the compressed bytes touch, as the
+			 * write path and check count them */
+			uint64_t start = m.comp_off & ~511ull;
+			uint64_t len = ((m.comp_off & 511) + m.comp_len + 511) & ~511ull;
+			uint64_t c = start >> g->cluster_bits;
+
+			for (; ret == 0 && c <= (start + len - 1) >> g->cluster_bits; c++)
+				ret = ref_one(w, c, false);
+		} else if (m.host_off && !g->external_data) {
+			ret = ref_one(w, m.host_off >> g->cluster_bits, false);
+		}
+	}
+	return ret;
+}
+
+static int walk_l1(struct walk *w, const uint64_t *l1, uint32_t n)
+{
+	int ret = 0;
+
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
+		uint64_t l2;
+		bool copied;
+
+		ret = uq_l1_decode(&w->img->g, l1[i], &l2, &copied);
+		if (ret < 0)
+			return uq_seterr(ret, "%s: L1 entry %u: %s", w->img->path, i, uq_errmsg());
+		if (l2)
+			ret = walk_l2(w, l2);
+	}
+	return ret < 0 ? ret : 0;
+}
+
+int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta)
+{
+	struct walk w = { .img = img, .delta = delta, .limit = UINT64_MAX };
+	void *tab;
+	int ret;
+
+	if (posix_memalign(&tab, img->align, cs(img)))
+		return -ENOMEM;
+	w.tab = tab;
+	ret = walk_l1(&w, l1, n);
+	if (ret < 0 && delta > 0) {
+		/* undo exactly the updates made, in the same order */
+		struct walk u = { .img = img, .delta = -delta, .limit = w.done, .tab = tab };
+		char msg[512];
+
+		snprintf(msg, sizeof(msg), "%s", uq_errmsg());
+		if (walk_l1(&u, l1, n) < 0 || u.done != w.done)
+			img->writable = false;    /* refcounts no longer trusted */
+		uq_seterr(ret, "%s", msg);
+	}
+	free(tab);
+	return ret;
+}
+
+/* ---- COPIED flags ---- */
+
+static int want_copied(uq_image *img, uint64_t off, bool *want)
+{
+	uint64_t v;
+	int ret = uq_rc_get(img, off >> img->g.cluster_bits, &v);
+
+	*want = v == 1;
+	return ret;
+}
+
+/* Recompute the flags of one L2 table; *dirty when it changed. */
+static int fix_l2(uq_image *img, uint8_t *tab, bool *dirty)
+{
+	const struct uq_geom *g = &img->g;
+	int ret = 0;
+
+	*dirty = false;
+	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
+		uint8_t *e = tab + i * g->l2_entry_bytes;
+		uint64_t v = uq_be64(e), nv;
+		struct uq_l2map m;
+		bool want;
+
+		ret = uq_l2_decode(g, v, g->extended_l2 ? uq_be64(e + 8) : 0, &m);
+		if (ret < 0 || m.type == UQ_C_COMPRESSED || !m.host_off)
+			continue;
+		ret = want_copied(img, m.host_off, &want);
+		nv = want ? v | QCOW_OFLAG_COPIED : v & ~QCOW_OFLAG_COPIED;
+		if (ret == 0 && nv != v) {
+			uq_put_be64(e, nv);
+			*dirty = true;
+		}
+	}
+	return ret < 0 ? ret : 0;
+}
+
+int uq_snap_fix_copied(uq_image *img)
+{
+	bool l1_dirty = false;
+	void *tab;
+	int ret = 0;
+
+	if (img->g.external_data)
+		return 0;
+	if (posix_memalign(&tab, img->align, cs(img)))
+		return -ENOMEM;
+	for (uint32_t i = 0; ret == 0 && i < img->h.l1_size; i++) {
+		uint64_t l2, nv;
+		bool copied, want, dirty;
+
+		ret = uq_l1_decode(&img->g, img->l1[i], &l2, &copied);
+		if (ret < 0 || !l2)
+			continue;
+		ret = want_copied(img, l2, &want);
+		nv = want ? l2 | QCOW_OFLAG_COPIED : l2;
+		if (ret == 0 && nv != img->l1[i]) {
+			img->l1[i] = nv;
+			l1_dirty = true;
+		}
+		if (ret == 0)
+			ret = io_pread_full(img->file, tab, cs(img), l2);
+		if (ret == 0)
+			ret = fix_l2(img, tab, &dirty);
+		if (ret == 0 && dirty) {
+			/* only flags change: a torn write leaves valid entries */
+			ret = io_pwrite_full(img->file, tab, cs(img), l2);
+			l2c_invalidate(img->l2c, l2);
+		}
+	}
+	free(tab);
+	if (ret == 0 && l1_dirty)
+		ret = write_l1(img, img->h.l1_table_offset, img->l1, img->h.l1_size, false);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: updating COPIED flags failed: %s", img->path,
+				 uq_errmsg());
+	return 0;
+}
+
+/* ---- the snapshot table ---- */
+
+/* After a change reached the disk, a failure leaves memory and file out
+ * of step: stop writing rather than guess (the file itself only leaks). */
+static int failed(uq_image *img, int ret)
+{
+	img->writable = false;
+	return ret;
+}
+
+
+static void free_snaps(struct uq_snap *s, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		free(s[i].id);
+		free(s[i].name);
+	}
+	free(s);
+}
+
+/* The in-memory list from a table this image just wrote. */
+static int parse_table(uq_image *img, const uint8_t *buf, size_t len, uint32_t n)
+{
+	struct uq_snap *snaps = n ? calloc(n, sizeof(*snaps)) : NULL;
+	size_t pos = 0;
+	int ret = 0;
+
+	if (n && !snaps)
+		return -ENOMEM;
+	for (uint32_t i = 0; ret == 0 && i < n; i++) {
+		struct uq_snapshot_raw s;
+
+		ret = uq_snapshot_decode(&img->g, buf + pos, len - pos, file_limit(img), &s);
+		if (ret < 0)
+			break;
+		snaps[i].raw = s;
+		snaps[i].raw.id = snaps[i].raw.name = NULL;
+		snaps[i].id = strndup((const char *)s.id, s.id_len);
+		snaps[i].name = strndup((const char *)s.name, s.name_len);
+		if (!snaps[i].id || !snaps[i].name)
+			ret = -ENOMEM;
+		pos += s.entry_len;
+	}
+	if (ret < 0) {
+		free_snaps(snaps, n);
+		return ret;
+	}
+	free_snaps(img->snaps, img->nb_snaps);
+	img->snaps = snaps;
+	img->nb_snaps = n;
+	return 0;
+}
+
+static uint64_t round8(uint64_t v) { return (v + 7) & ~7ull; }
+
+/* Replace the snapshot table by the current entries except skip
+ * (UINT32_MAX: none) plus add (NULL: none), kept byte for byte so extra
+ * data we don't know survives. The new table is durable before the one
+ * header write (nb_snapshots and snapshots_offset, bytes 60..71) that
+ * switches to it; the old table is freed after. */
+static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_raw *add)
+{
+	uint64_t old_off = img->h.snapshots_offset, old_len = 0, len = 0, off = 0;
+	uint32_t n = 0;
+	uint8_t *old = NULL, *buf = NULL, hdr[12];
+	size_t pos = 0, opos = 0;
+	long addlen = add ? uq_snapshot_encode(add, NULL, 0) : 0;
+	bool touched = false;   /* something was allocated or written */
+	int ret;
+
+	if (addlen < 0)
+		return (int)addlen;
+	for (uint32_t i = 0; i < img->nb_snaps; i++) {
+		old_len += img->snaps[i].raw.entry_len;
+		if (i != skip)
+			len += round8(img->snaps[i].raw.entry_len);
+	}
+	len += (uint64_t)addlen;
+	if (len > QCOW_MAX_SNAPSHOT_TABLE)
+		return uq_seterr(-EFBIG, "%s: the snapshot table would exceed 64 MiB",
+				 img->path);
+	old = malloc(old_len ? old_len : 1);
+	buf = calloc(1, len ? clusters_for(img, len) * cs(img) : 1);
+	if (!old || !buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = old_len ? io_pread_full(img->file, old, old_len, old_off) : 0;
+	if (ret < 0) {
+		uq_seterr(ret, "%s: reading the snapshot table failed", img->path);
+		goto out;
+	}
+	for (uint32_t i = 0; i < img->nb_snaps; i++) {
+		size_t el = img->snaps[i].raw.entry_len;
+
+		if (i != skip) {
+			memcpy(buf + pos, old + opos, el);   /* padding stays zero */
+			pos += round8(el);
+			n++;
+		}
+		opos += el;
+	}
+	if (add) {
+		ret = (int)uq_snapshot_encode(add, buf + pos, len - pos);
+		if (ret < 0)
+			goto out;
+		n++;
+	}
+	touched = true;
+	if (n) {
+		ret = uq_rc_alloc(img, clusters_for(img, len), &off);
+		if (ret == 0 && uq_meta_overlaps(img, off, len))
+			ret = uq_mark_corrupt(img, "a new snapshot table", off);
+		if (ret == 0)
+			ret = uq_meta_add(img, off, len);
+		if (ret == 0)
+			ret = io_pwrite_full(img->file, buf, clusters_for(img, len) * cs(img), off);
+	}
+	if (ret == 0)
+		ret = rc_sync(img);
+	uq_put_be32(hdr, n);
+	uq_put_be64(hdr + 4, off);
+	if (ret == 0)
+		ret = uq_header_write_field(img, 60, hdr, sizeof(hdr));
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0) {
+		uq_seterr(ret, "%s: writing the snapshot table failed: %s", img->path,
+			  uq_errmsg());
+		goto out;
+	}
+	img->h.nb_snapshots = n;
+	img->h.snapshots_offset = off;
+	if (old_len)
+		ret = unref_range(img, old_off, old_len);
+	if (ret == 0)
+		ret = parse_table(img, buf, (size_t)len, n);
+out:
+	free(old);
+	free(buf);
+	return ret < 0 && touched ? failed(img, ret) : ret;
+}
+
+/* ---- public calls ---- */
+
+static int need_snapshots(uq_image *img, bool write)
+{
+	if (img->fmt != UQ_FMT_QCOW2)
+		return uq_seterr(-ENOTSUP, "%s: not a qcow2 image: no internal snapshots",
+				 img->path);
+	if (write && (!(img->flags & UQ_OPEN_RDWR) || !img->writable))
+		return uq_seterr(-EROFS, "%s: image is not open for writing", img->path);
+	if (write && img->g.external_data)
+		return uq_seterr(-ENOTSUP, "%s: internal snapshots are not supported with "
+				 "an external data file", img->path);
+	return 0;
+}
+
+static uint32_t next_id(const uq_image *img)
+{
+	unsigned long max = 0;
+
+	for (uint32_t i = 0; i < img->nb_snaps; i++) {
+		unsigned long v = strtoul(img->snaps[i].id, NULL, 10);
+
+		if (v > max)
+			max = v;
+	}
+	return (uint32_t)(max + 1);
+}
+
+int uq_snapshot_create(uq_image *img, const char *name)
+{
+	uint32_t n = img->h.l1_size;
+	uint64_t off = 0, *copy = NULL;
+	struct uq_snapshot_raw s = { 0 };
+	struct timespec ts;
+	char id[24];
+	int ret = need_snapshots(img, true);
+
+	if (ret < 0)
+		return ret;
+	if (img->h.refcount_order == 0)
+		return uq_seterr(-ENOTSUP, "%s: snapshots need refcount_bits >= 2 (this image "
+				 "has 1); uqcow amend -o refcount_bits=16 %s", img->path,
+				 img->path);
+	if (!name[0] || strlen(name) > MAX_NAME)
+		return uq_seterr(-EINVAL, "%s: a snapshot name has 1 to %u bytes", img->path,
+				 MAX_NAME);
+	if (img->nb_snaps >= QCOW_MAX_SNAPSHOTS)
+		return uq_seterr(-EFBIG, "%s: the image already has %u snapshots, the most "
+				 "qcow2 allows", img->path, QCOW_MAX_SNAPSHOTS);
+	ret = uq_meta_flush(img);
+	if (ret < 0)
+		return ret;
+	ret = uq_snap_update_refs(img, img->l1, n, 1);
+	if (ret == -ERANGE)
+		return uq_seterr(ret, "%s: can't create snapshot '%s': %s; uqcow amend -o "
+				 "refcount_bits=%u %s makes room for more", img->path, name,
+				 uq_errmsg(), img->h.refcount_order < 4 ? 16 : 64, img->path);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: can't create snapshot '%s': %s", img->path, name,
+				 uq_errmsg());
+	copy = malloc(n ? (size_t)n * 8 : 1);
+	if (!copy)
+		ret = -ENOMEM;
+	if (ret == 0 && n)
+		ret = uq_rc_alloc(img, clusters_for(img, (uint64_t)n * 8), &off);
+	if (ret < 0) {
+		/* nothing is on disk yet: give the references back */
+		if (uq_snap_update_refs(img, img->l1, n, -1) < 0)
+			img->writable = false;
+		free(copy);
+		return ret;
+	}
+	/* the copy, its refcounts and every increment are durable, then the
+	 * flags go, then the table makes the snapshot visible */
+	for (uint32_t i = 0; i < n; i++)
+		copy[i] = img->l1[i] & ~QCOW_OFLAG_COPIED;
+	if (n && uq_meta_overlaps(img, off, (uint64_t)n * 8))
+		ret = uq_mark_corrupt(img, "a snapshot L1 table", off);
+	if (ret == 0 && n)
+		ret = uq_meta_add(img, off, (uint64_t)n * 8);
+	if (ret == 0)
+		ret = write_l1(img, off, copy, n, true);
+	free(copy);
+	if (ret == 0)
+		ret = rc_sync(img);
+	if (ret == 0)
+		ret = uq_snap_fix_copied(img);
+	if (ret < 0)
+		return failed(img, ret);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(id, sizeof(id), "%u", next_id(img));
+	s.l1_table_offset = off;
+	s.l1_size = n;
+	s.id = (const uint8_t *)id;
+	s.id_len = (uint16_t)strlen(id);
+	s.name = (const uint8_t *)name;
+	s.name_len = (uint16_t)strlen(name);
+	s.date_sec = (uint32_t)ts.tv_sec;
+	/* microseconds, as qemu-img stores the time it took */
+	s.date_nsec = (uint32_t)(ts.tv_nsec / 1000 * 1000);
+	s.disk_size = img->size;
+	s.has_disk_size = true;
+	s.has_icount = true;      /* qemu-img writes icount 0 with 24 bytes of extra */
+	ret = replace_table(img, UINT32_MAX, &s);
+	if (ret == 0)
+		ret = rc_sync(img);
+	img->comp_next = 0;
+	return ret < 0 ? failed(img, ret) : 0;
+}
+
+int uq_snapshot_apply(uq_image *img, const char *name_or_id)
+{
+	uint64_t size, need, off = 0, old_off = img->h.l1_table_offset, *l1, *old;
+	uint32_t idx, n, old_n = img->h.l1_size;
+	struct uq_snapshot_raw sn;
+	uint8_t f[24];
+	int ret = need_snapshots(img, true);
+
+	if (ret == 0)
+		ret = uq_snap_find(img, name_or_id, &idx);
+	if (ret < 0)
+		return ret;
+	sn = img->snaps[idx].raw;
+	size = sn.has_disk_size ? sn.disk_size : img->size;
+	ret = uq_l1_entries_for(size, img->g.cluster_bits, img->g.extended_l2, &need);
+	if (ret < 0)
+		return uq_seterr(ret, "%s: snapshot '%s': %s", img->path, name_or_id,
+				 uq_errmsg());
+	/* the L1 table covers both the snapshot's table and its disk size */
+	n = sn.l1_size > need ? sn.l1_size : (uint32_t)need;
+	if (!n)
+		n = 1;
+	if ((uint64_t)n * 8 > QCOW_MAX_L1_BYTES)
+		return uq_seterr(-EFBIG, "%s: snapshot '%s' needs an L1 table over 32 MiB",
+				 img->path, name_or_id);
+	ret = uq_meta_flush(img);
+	if (ret < 0)
+		return ret;
+	l1 = calloc(n, 8);
+	if (!l1)
+		return -ENOMEM;
+	ret = read_l1(img, sn.l1_table_offset, sn.l1_size, l1);
+	/* a snapshot's flags mean nothing: start clear, recompute at the end */
+	for (uint32_t i = 0; i < sn.l1_size; i++)
+		l1[i] &= ~QCOW_OFLAG_COPIED;
+	if (ret == 0)
+		ret = uq_snap_update_refs(img, l1, sn.l1_size, 1);
+	if (ret < 0) {
+		free(l1);
+		return uq_seterr(ret, "%s: can't apply snapshot '%s': %s", img->path,
+				 name_or_id, uq_errmsg());
+	}
+	ret = uq_rc_alloc(img, clusters_for(img, (uint64_t)n * 8), &off);
+	if (ret < 0) {
+		if (uq_snap_update_refs(img, l1, sn.l1_size, -1) < 0)
+			img->writable = false;
+		free(l1);
+		return ret;
+	}
+	/* a new active table and one header write (size, l1_size and
+	 * l1_table_offset, bytes 24..47): a crash sees the old state or the
+	 * new one, never a mix, and only leaks */
+	if (uq_meta_overlaps(img, off, (uint64_t)n * 8))
+		ret = uq_mark_corrupt(img, "a new L1 table", off);
+	if (ret == 0)
+		ret = uq_meta_add(img, off, (uint64_t)n * 8);
+	if (ret == 0)
+		ret = write_l1(img, off, l1, n, true);
+	if (ret == 0)
+		ret = rc_sync(img);
+	uq_put_be64(f, size);
+	uq_put_be32(f + 8, img->h.crypt_method);
+	uq_put_be32(f + 12, n);
+	uq_put_be64(f + 16, off);
+	if (ret == 0)
+		ret = uq_header_write_field(img, 24, f, sizeof(f));
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0) {
+		free(l1);
+		return failed(img, ret);
+	}
+	old = img->l1;
+	img->l1 = l1;
+	img->h.l1_size = n;
+	img->h.l1_table_offset = off;
+	img->size = img->h.size = size;
+	/* the old state's references go; what only it used is freed */
+	ret = uq_snap_update_refs(img, old, old_n, -1);
+	if (ret == 0)
+		ret = unref_range(img, old_off, (uint64_t)old_n * 8);
+	free(old);
+	if (ret == 0)
+		ret = rc_sync(img);
+	if (ret == 0)
+		ret = uq_snap_fix_copied(img);
+	img->comp_next = 0;
+	return ret < 0 ? failed(img, ret) : 0;
+}
+
+int uq_snapshot_delete(uq_image *img, const char *name_or_id)
+{
+	struct uq_snapshot_raw sn;
+	uint64_t *l1 = NULL;
+	uint32_t idx;
+	int ret = need_snapshots(img, true);
+
+	if (ret == 0)
+		ret = uq_snap_find(img, name_or_id, &idx);
+	if (ret == 0)
+		ret = uq_meta_flush(img);
+	if (ret < 0)
+		return ret;
+	sn = img->snaps[idx].raw;
+	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
+	if (!l1)
+		return -ENOMEM;
+	/* read while the table still names it; refuse a broken one unchanged */
+	ret = read_l1(img, sn.l1_table_offset, sn.l1_size, l1);
+	for (uint32_t i = 0; ret == 0 && i < sn.l1_size; i++) {
+		uint64_t l2;
+		bool copied;
+
+		ret = uq_l1_decode(&img->g, l1[i], &l2, &copied);
+		if (ret < 0)
+			uq_seterr(ret, "%s: snapshot '%s': L1 entry %u: %s", img->path,
+				  name_or_id, i, uq_errmsg());
+	}
+	if (ret == 0)
+		ret = replace_table(img, idx, NULL);
+	if (ret < 0) {
+		free(l1);
+		return ret;
+	}
+	/* gone from the table: from here a crash only leaks */
+	ret = uq_snap_update_refs(img, l1, sn.l1_size, -1);
+	free(l1);
+	if (ret == 0)
+		ret = unref_range(img, sn.l1_table_offset, (uint64_t)sn.l1_size * 8);
+	if (ret == 0)
+		ret = rc_sync(img);
+	if (ret == 0)
+		ret = uq_snap_fix_copied(img);
+	img->comp_next = 0;
+	return ret < 0 ? failed(img, ret) : 0;
+}
+
+int uq_snapshot_view(uq_image *img, const char *name_or_id)
+{
+	struct uq_snapshot_raw sn;
+	uint64_t *l1;
+	uint32_t idx;
+	int ret = need_snapshots(img, false);
+
+	if (ret == 0 && (img->flags & UQ_OPEN_RDWR))
+		ret = uq_seterr(-EBUSY, "%s: open the image read-only to read a snapshot",
+				img->path);
+	if (ret == 0)
+		ret = uq_snap_find(img, name_or_id, &idx);
+	if (ret < 0)
+		return ret;
+	sn = img->snaps[idx].raw;
+	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
+	if (!l1)
+		return -ENOMEM;
+	ret = read_l1(img, sn.l1_table_offset, sn.l1_size, l1);
+	if (ret < 0) {
+		free(l1);
+		return ret;
+	}
+	/* cached L2 tables are keyed by offset and stay valid: both tables
+	 * name the same clusters where they share them */
+	free(img->l1);
+	img->l1 = l1;
+	img->h.l1_size = sn.l1_size;
+	img->h.l1_table_offset = sn.l1_table_offset;
+	if (sn.has_disk_size)
+		img->size = img->h.size = sn.disk_size;
+	return 0;
+}
