@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 /* Fuzz target: a whole image opened from memory and read the way a client
- * would: info, snapshots, block status, every cluster (sync and async).
- * Opened twice, with the default and a two-table L2 cache: both must read
- * the same bytes. The structure-aware mutator is in image_mutator.c. */
+ * would: info, snapshots, block status, every cluster (sync, async, and
+ * through a second queue). Opened twice, with the default and a two-table
+ * L2 cache: both must read the same bytes. Mutator: image_mutator.c. */
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
@@ -156,9 +156,10 @@ static void aio_done(void *arg, ssize_t res)
 }
 
 /* The first clusters again, all in flight together: requests that share
- * an L2 table park on one fill. Results must match the sync reads. */
-static void async_reads(uq_image *img, uint64_t vsize, uint64_t cs,
-			const struct read_log *log)
+ * an L2 table park on one fill. Results must match the sync reads. With
+ * q, through a second queue (the L2 cache is then shared across queues). */
+static void async_reads(uq_image *img, uq_queue *q, uint64_t vsize,
+			uint64_t cs, const struct read_log *log)
 {
 	struct aio_slot slots[MAX_AIO];
 	unsigned n = log->n, queued = 0, finished = 0;
@@ -178,7 +179,8 @@ static void async_reads(uq_image *img, uint64_t vsize, uint64_t cs,
 		s->len = (size_t)(vsize - off < cs ? vsize - off : cs);
 		s->buf = malloc(s->len);
 		FUZZ_CHECK(s->buf);
-		ret = uq_aio_read(img, s->buf, s->len, off, aio_done, s);
+		ret = q ? uq_queue_read(q, s->buf, s->len, off, aio_done, s)
+			: uq_aio_read(img, s->buf, s->len, off, aio_done, s);
 		if (ret < 0) {
 			s->res = ret;
 			s->done = true;
@@ -187,7 +189,8 @@ static void async_reads(uq_image *img, uint64_t vsize, uint64_t cs,
 		}
 	}
 	for (unsigned guard = 0; finished < queued && guard < 1000; guard++) {
-		int r = uq_poll(img, queued - finished);
+		int r = q ? uq_queue_poll(q, queued - finished)
+			  : uq_poll(img, queued - finished);
 
 		FUZZ_CHECK(r >= 0);
 		finished += (unsigned)r;
@@ -255,6 +258,7 @@ static bool run_once(const uint8_t *data, size_t size, uint64_t cache,
 {
 	struct uq_info info;
 	uq_image *img;
+	uq_queue *q;
 	uint8_t *buf;
 	unsigned nfar;
 	int ret;
@@ -270,8 +274,12 @@ static bool run_once(const uint8_t *data, size_t size, uint64_t cache,
 	FUZZ_CHECK(buf);
 	nfar = walk_status(img, info.virtual_size, buf, info.cluster_size);
 	linear_reads(img, info.virtual_size, info.cluster_size, buf, log);
-	async_reads(img, info.virtual_size, info.cluster_size, log);
+	async_reads(img, NULL, info.virtual_size, info.cluster_size, log);
 	edge_reads(img, info.virtual_size, info.cluster_size, buf, nfar);
+	if (uq_queue_create(img, 4, &q) == 0) {
+		async_reads(img, q, info.virtual_size, info.cluster_size, log);
+		uq_queue_destroy(q);
+	}
 	free(buf);
 	uq_close(img);
 	return true;
