@@ -29,6 +29,11 @@ struct read_log {
 static struct read_log logs[2];
 static uint64_t far_off[MAX_FAR_READS];
 
+/* The disk's first bytes as the linear pass read them (while every read
+ * succeeded), for checking unaligned reads against. */
+static uint8_t head[256 << 10];
+static size_t head_len;
+
 static uint64_t hash_buf(const uint8_t *p, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull, w;
@@ -125,6 +130,7 @@ static void linear_reads(uq_image *img, uint64_t vsize, uint64_t cs,
 	uint64_t span = vsize < MAX_SPAN ? vsize : MAX_SPAN, bytes = 0;
 
 	log->n = 0;
+	head_len = 0;
 	for (uint64_t off = 0; off < span && log->n < MAX_READS &&
 			       bytes < MAX_BYTES; off += cs) {
 		size_t len = (size_t)(vsize - off < cs ? vsize - off : cs);
@@ -135,6 +141,10 @@ static void linear_reads(uq_image *img, uint64_t vsize, uint64_t cs,
 		log->ret[log->n] = r;
 		log->hash[log->n] = r < 0 ? 0 : hash_buf(buf, len);
 		log->n++;
+		if (r >= 0 && off == head_len && len <= sizeof(head) - off) {
+			memcpy(head + off, buf, len);
+			head_len += len;
+		}
 		bytes += len;
 	}
 }
@@ -207,11 +217,32 @@ static void async_reads(uq_image *img, uq_queue *q, uint64_t vsize,
 	}
 }
 
+/* A part of what the linear pass read must read the same on its own:
+ * unaligned, across cluster and subcluster edges. */
+static void check_subrange(uq_image *img, uint8_t *buf, uint64_t cs,
+			   size_t off, size_t len)
+{
+	ssize_t r;
+
+	if (len == 0 || len > cs || off > head_len || len > head_len - off)
+		return;
+	r = uq_pread(img, buf, len, off);
+	FUZZ_CHECK(r >= 0 && (size_t)r == len);
+	FUZZ_CHECK(memcmp(buf, head + off, len) == 0);
+}
+
 /* Reads that straddle clusters, touch the end, or are empty. */
 static void edge_reads(uq_image *img, uint64_t vsize, uint64_t cs,
 		       uint8_t *buf, unsigned nfar)
 {
 	ssize_t r;
+
+	check_subrange(img, buf, cs, (size_t)cs / 2, (size_t)cs);
+	check_subrange(img, buf, cs, 511, 1026);
+	check_subrange(img, buf, cs, (size_t)cs - 1, 2);
+	check_subrange(img, buf, cs, (size_t)(cs / 32) * 3 + 7, (size_t)cs / 8);
+	if (head_len)
+		check_subrange(img, buf, cs, head_len - 1, 1);
 
 	for (unsigned i = 0; i < nfar; i++) {
 		size_t len = (size_t)(vsize - far_off[i] < cs ? vsize - far_off[i] : cs);
