@@ -2,6 +2,7 @@
 /* Files on disk: open, size, truncate, synchronous full reads and writes
  * (O_DIRECT bounce buffers), inline request execution, queue selection. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -111,6 +112,11 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 		goto fail;
 	}
 	f->fd = fd;
+	{
+		static _Atomic uint64_t next_id = 1;
+
+		f->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
+	}
 	f->flags = flags;
 	f->align = flags & IO_DIRECT ? direct_align(fd, &st) : 1;
 	*out = f;

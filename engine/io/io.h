@@ -51,6 +51,9 @@ struct io_file {
 	unsigned align;       /* required alignment with IO_DIRECT (else 1) */
 	/* A hook the fault backend uses to observe requests; NULL otherwise. */
 	void *hook;
+	/* Unique for the life of the process: lets a queue that registered
+	 * this file tell it from a later file that reused the fd number. */
+	uint64_t id;
 };
 
 struct io_backend {

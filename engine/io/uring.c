@@ -28,6 +28,8 @@
  * inflight never exceeds the CQ size, so the CQ can't overflow and every
  * request in flight has a CQE slot.
  */
+#define NFIXED 16
+
 struct uring_queue {
 	struct io_queue q;
 	struct io_uring ring;
@@ -37,7 +39,32 @@ struct uring_queue {
 	unsigned ndone;
 	struct io_req *wait_head, **wait_tail;
 	struct io_req *done_head, **done_tail;
+	/* Registered files: the kernel skips the fd lookup per request. A
+	 * slot remembers which io_file (by id) it holds; a new file takes the
+	 * next slot round-robin, one update syscall the first time. */
+	bool fixed_ok;
+	uint64_t fixed_id[NFIXED];
+	unsigned fixed_next;
 };
+
+/* Slot of f in the registered table, registering it if needed; -1 when
+ * registration isn't available (the request then uses the plain fd). */
+static int fixed_slot(struct uring_queue *uq, const struct io_file *f)
+{
+	unsigned i;
+
+	if (!uq->fixed_ok)
+		return -1;
+	for (i = 0; i < NFIXED; i++)
+		if (uq->fixed_id[i] == f->id)
+			return (int)i;
+	i = uq->fixed_next;
+	if (io_uring_register_files_update(&uq->ring, i, (int *)&f->fd, 1) != 1)
+		return -1;
+	uq->fixed_id[i] = f->id;
+	uq->fixed_next = (i + 1) % NFIXED;
+	return (int)i;
+}
 
 static struct uring_queue *to_uq(struct io_queue *q)
 {
@@ -112,23 +139,27 @@ static bool prep(struct uring_queue *uq, struct io_req *r)
 	sqe = io_uring_get_sqe(&uq->ring);
 	if (!sqe)
 		return false;
+	int slot = fixed_slot(uq, f), fd = slot >= 0 ? slot : f->fd;
+
 	switch (r->op) {
 	case IO_READ:
-		io_uring_prep_read(sqe, f->fd, (uint8_t *)r->buf + done, (unsigned)n,
+		io_uring_prep_read(sqe, fd, (uint8_t *)r->buf + done, (unsigned)n,
 				   r->off + done);
 		break;
 	case IO_WRITE:
-		io_uring_prep_write(sqe, f->fd, (uint8_t *)r->buf + done, (unsigned)n,
+		io_uring_prep_write(sqe, fd, (uint8_t *)r->buf + done, (unsigned)n,
 				    r->off + done);
 		break;
 	case IO_FSYNC:
-		io_uring_prep_fsync(sqe, f->fd, IORING_FSYNC_DATASYNC);
+		io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
 		break;
 	case IO_PUNCH:
-		io_uring_prep_fallocate(sqe, f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		io_uring_prep_fallocate(sqe, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 					(off_t)r->off, (off_t)r->len);
 		break;
 	}
+	if (slot >= 0)
+		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data(sqe, r);
 	uq->inflight++;
 	return true;
@@ -416,6 +447,12 @@ static int uring_init(struct io_queue **out, unsigned depth)
 		free(uq);
 		return ret;
 	}
+	/* a sparse table; where registration is refused, plain fds do */
+	int fds[NFIXED];
+
+	for (unsigned i = 0; i < NFIXED; i++)
+		fds[i] = -1;
+	uq->fixed_ok = io_uring_register_files(&uq->ring, fds, NFIXED) == 0;
 	uq->q.be = &io_uring_backend;
 	uq->cq_entries = p.cq_entries;
 	uq->wait_tail = &uq->wait_head;
