@@ -281,11 +281,14 @@ static int write_cluster(struct wreq *wr, const uint8_t *buf, uint64_t off, size
 		if (ret < 0)
 			return ret;
 	}
-	if (len == glen) {
+	if (fresh && reads_zero(img, &m)) {
+		/* A never-written cluster reads zeros around the data, and
+		 * until the data lands it reads zeros like the old mapping did:
+		 * the L2 entry may change now and the write complete later
+		 * (flush waits for it before any L2 table reaches the disk). */
+		ret = write_in_place(wr, buf, len, host + intra);
+	} else if (len == glen) {
 		ret = data_write_sync(img, buf, len, host);
-	} else if (fresh && reads_zero(img, &m)) {
-		/* a never-written cluster already reads zeros around the data */
-		ret = data_write_sync(img, buf, len, host + intra);
 	} else {
 		uint8_t *c = malloc(glen);
 
