@@ -88,6 +88,17 @@ static int write_l1(uq_image *img, uint64_t off, const uint64_t *l1, uint32_t n,
 	return 0;
 }
 
+/* The write path takes a cluster past written_end to read as zeros and
+ * writes only the guest bytes into it. Tables written here (and L2 tables
+ * written by a flush) land past it without moving it, and freeing them
+ * would hand their stale bytes to the next partial write: count every
+ * allocated cluster as written. */
+static void written_to_host_end(uq_image *img)
+{
+	if (img->written_end < img->host_end)
+		img->written_end = img->host_end;
+}
+
 /* Refcounts to disk, then a barrier: what follows may rely on them. */
 static int rc_sync(uq_image *img)
 {
@@ -504,6 +515,7 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	ret = uq_meta_flush(img);
 	if (ret < 0)
 		return ret;
+	written_to_host_end(img);
 	ret = uq_snap_update_refs(img, img->l1, n, 1);
 	if (ret == -ERANGE)
 		return uq_seterr(ret, "%s: can't create snapshot '%s': %s; uqcow amend -o "
@@ -559,6 +571,7 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	if (ret == 0)
 		ret = rc_sync(img);
 	img->comp_next = 0;
+	written_to_host_end(img);
 	return ret < 0 ? failed(img, ret) : 0;
 }
 
@@ -590,6 +603,7 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	ret = uq_meta_flush(img);
 	if (ret < 0)
 		return ret;
+	written_to_host_end(img);
 	l1 = calloc(n, 8);
 	if (!l1)
 		return -ENOMEM;
@@ -649,6 +663,7 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	if (ret == 0)
 		ret = uq_snap_fix_copied(img);
 	img->comp_next = 0;
+	written_to_host_end(img);
 	return ret < 0 ? failed(img, ret) : 0;
 }
 
@@ -665,6 +680,7 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 		ret = uq_meta_flush(img);
 	if (ret < 0)
 		return ret;
+	written_to_host_end(img);
 	sn = img->snaps[idx].raw;
 	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
 	if (!l1)
@@ -696,6 +712,7 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 	if (ret == 0)
 		ret = uq_snap_fix_copied(img);
 	img->comp_next = 0;
+	written_to_host_end(img);
 	return ret < 0 ? failed(img, ret) : 0;
 }
 
