@@ -41,6 +41,7 @@ extern const struct cli_verb cmd_map;
 extern const struct cli_verb cmd_convert;
 extern const struct cli_verb cmd_compare;
 extern const struct cli_verb cmd_io;
+extern const struct cli_verb cmd_snapshot;
 
 /* Long options shared by every verb (and accepted before the verb).
  * Values above 0xff so they never clash with a short option. */
@@ -129,6 +130,10 @@ struct cli_progress {
 void cli_progress_start(struct cli_progress *p, bool on, uint64_t total);
 void cli_progress_add(struct cli_progress *p, uint64_t bytes);
 void cli_progress_end(struct cli_progress *p);
+
+/* Make img (open read-only) read as a snapshot: -l's argument, a name or
+ * ID, or snapshot.id=ID / snapshot.name=NAME. Prints why on failure. */
+int cli_snapshot_select(uq_image *img, const char *param);
 
 /* True if every byte of buf is zero. */
 bool cli_is_zero(const void *buf, size_t len);

@@ -219,7 +219,8 @@ static int compare_tail(struct cmp *c, struct side *s, uint64_t off)
 	return EXIT_SAME;
 }
 
-static int open_side(struct side *s, const char *path, struct cli_open *o)
+static int open_side(struct side *s, const char *path, struct cli_open *o,
+		     const char *snapshot)
 {
 	struct uq_info *in;
 	int ret;
@@ -227,6 +228,8 @@ static int open_side(struct side *s, const char *path, struct cli_open *o)
 	s->name = path;
 	if (cli_open_image(path, o, 0, &s->img) < 0)
 		return -EINVAL;
+	if (snapshot && cli_snapshot_select(s->img, snapshot) < 0)
+		return -ENOENT;
 	in = malloc(sizeof(*in));
 	if (!in) {
 		cli_error("out of memory");
@@ -259,10 +262,11 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	struct cmp c;
 	bool progress = false;
 	uint64_t common, total;
+	const char *snap_a = NULL, *snap_b = NULL;
 	int ch, ret;
 
 	memset(&c, 0, sizeof(c));
-	while ((ch = getopt_long(argc, argv, ":hf:F:T:t:pqsU", longopts,
+	while ((ch = getopt_long(argc, argv, ":hf:F:T:t:pqsl:L:U", longopts,
 				 NULL)) != -1) {
 		int r = cli_open_option(&oa, ch, optarg);
 
@@ -296,6 +300,12 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 's':
 			c.strict = true;
 			break;
+		case 'l':
+			snap_a = optarg;
+			break;
+		case 'L':
+			snap_b = optarg;
+			break;
 		default:
 			cli_opt_error(&cmd_compare, ch, argv);
 			return EXIT_ERROR;
@@ -305,8 +315,8 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		cli_bad_usage(&cmd_compare, "expecting two image file names");
 		return EXIT_ERROR;
 	}
-	if ((ret = open_side(&c.a, argv[optind], &oa)) < 0 ||
-	    (ret = open_side(&c.b, argv[optind + 1], &ob)) < 0)
+	if ((ret = open_side(&c.a, argv[optind], &oa, snap_a)) < 0 ||
+	    (ret = open_side(&c.b, argv[optind + 1], &ob, snap_b)) < 0)
 		goto out;
 	if (c.strict && c.a.size != c.b.size) {
 		if (!c.quiet)
@@ -341,7 +351,8 @@ const struct cli_verb cmd_compare = {
 	.name = "compare",
 	.summary = "compare two images' contents (qemu-img compare)",
 	.run = run,
-	.synopsis = "compare [-f FMT] [-F FMT] [-T CACHE] [-p] [-q] [-s] A B",
+	.synopsis = "compare [-f FMT] [-F FMT] [-T CACHE] [-p] [-q] [-s] "
+		    "[-l SNAPSHOT] [-L SNAPSHOT] A B",
 	.help =
 	"  -f FMT         format of A: qcow2 or raw (default: probe)\n"
 	"  -F FMT         format of B (default: probe)\n"
@@ -349,6 +360,9 @@ const struct cli_verb cmd_compare = {
 	"  -p             show progress on stderr\n"
 	"  -q             quiet: only the exit status\n"
 	"  -s             strict: sizes and allocation must match too\n"
+	"  -l SNAPSHOT    compare internal snapshot SNAPSHOT of A (name or ID,\n"
+	"                 or snapshot.id=ID[,snapshot.name=NAME])\n"
+	"  -L SNAPSHOT    the same for B\n"
 	"\nWithout -s, images of different sizes are identical when the larger\n"
 	"one reads as zeros past the end of the smaller.\n"
 	"Exit status: 0 identical, 1 different, 2 error.\n",

@@ -342,6 +342,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	const char *out_fmt = "raw", *out_opts = NULL, *dst_cache = "writeback";
 	struct conv c = { .fd = -1, .nslots = CONV_DEPTH };
 	bool progress = false, quiet = false, leak = false;
+	const char *snapshot = NULL;
 	struct uq_info *in = NULL;
 	size_t t;
 	int ch, ret;
@@ -389,10 +390,9 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			break;
 		}
 		case 'l':
-		case 's':
-			cli_error("converting from a snapshot (-%c) is not supported "
-				  "yet", ch);
-			return CLI_EXIT_FAIL;
+		case 's':       /* qemu-img's older spelling of -l NAME_OR_ID */
+			snapshot = optarg;
+			break;
 		case 'c':
 			cli_error("compressed output (-c) needs output format qcow2, "
 				  "which needs the write path");
@@ -440,6 +440,10 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 
 	if (cli_open_image(c.src, &o, 0, &c.img) < 0)
 		return CLI_EXIT_FAIL;
+	if (snapshot && cli_snapshot_select(c.img, snapshot) < 0) {
+		ret = -ENOENT;
+		goto out;
+	}
 	in = malloc(sizeof(*in));
 	if (!in) {
 		cli_error("out of memory");
@@ -492,7 +496,7 @@ const struct cli_verb cmd_convert = {
 	.summary = "copy an image's contents to a new file (qemu-img convert)",
 	.run = run,
 	.synopsis = "convert [-f FMT] [-O raw] [-p] [-q] [-T SRC_CACHE] "
-		    "[-t DST_CACHE] [-m N] SRC DST",
+		    "[-t DST_CACHE] [-m N] [-l SNAPSHOT] SRC DST",
 	.help =
 	"  -f FMT         source format: qcow2 or raw (default: probe)\n"
 	"  -O FMT         output format: raw (default); qcow2 needs the write path\n"
@@ -502,7 +506,8 @@ const struct cli_verb cmd_convert = {
 	"  -t MODE        target cache: unsafe skips the final flush\n"
 	"  -m N           read requests in flight, 1 to 64 (default 16)\n"
 	"  -W             accepted: writes are always out of order\n"
-	"  -l SNAPSHOT    not supported yet\n"
+	"  -l SNAPSHOT    copy a snapshot's contents: a name or ID, or\n"
+	"                 snapshot.id=ID[,snapshot.name=NAME]\n"
 	"  --io=io_uring|psync, --l2-cache-size=SIZE, --cache=none (source)\n"
 	"\nRaw output is sparse: ranges the source reports as zero and all-zero\n"
 	"4 KiB blocks are not written.\n",

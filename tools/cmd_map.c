@@ -215,9 +215,10 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	struct uq_info *in = NULL;
 	bool json = false;
 	uq_image *img = NULL;
+	const char *snapshot = NULL;
 	int c, ret;
 
-	while ((c = getopt_long(argc, argv, ":hf:o:t:U", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":hf:o:t:l:U", longopts, NULL)) != -1) {
 		int r = cli_open_option(&o, c, optarg);
 
 		if (r < 0)
@@ -239,6 +240,9 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 't':
 			if (cli_set_cache(&o, optarg))
 				return CLI_EXIT_FAIL;
+			break;
+		case 'l':
+			snapshot = optarg;
 			break;
 		case CLI_OPT_OUTPUT:
 			if (cli_set_output(&json, optarg))
@@ -264,6 +268,10 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		return cli_bad_usage(&cmd_map, "expecting one image file name");
 	if (cli_open_image(argv[optind], &o, 0, &img) < 0)
 		return CLI_EXIT_FAIL;
+	if (snapshot && cli_snapshot_select(img, snapshot) < 0) {
+		ret = -ENOENT;
+		goto out;
+	}
 	in = malloc(sizeof(*in));
 	if (!in) {
 		cli_error("out of memory");
@@ -297,13 +305,16 @@ const struct cli_verb cmd_map = {
 	.summary = "print the allocation map (qemu-img map)",
 	.run = run,
 	.synopsis = "map [-f FMT] [--output=human|json] [--start-offset=OFF] "
-		    "[--max-length=LEN] FILE",
+		    "[--max-length=LEN] [-l SNAPSHOT] FILE",
 	.help =
 	"  -f FMT              image format: qcow2 or raw (default: probe)\n"
 	"  --output=FMT        human (default: data extents and the file\n"
 	"                      holding them) or json (one extent per line)\n"
 	"  --start-offset=OFF  first guest offset to map\n"
 	"  --max-length=LEN    map at most LEN bytes\n"
+	"  -l SNAPSHOT         map an internal snapshot instead of the active\n"
+	"                      state: a name or ID (an ID match wins), or\n"
+	"                      snapshot.id=ID[,snapshot.name=NAME] as in convert\n"
 	"  -o l2-cache-size=SIZE, --l2-cache-size=SIZE\n"
 	"                      L2 table cache size\n"
 	"  -t MODE, --cache=MODE\n"

@@ -16,6 +16,7 @@ static const struct cli_verb *const verbs[] = {
 	&cmd_convert,
 	&cmd_compare,
 	&cmd_io,
+	&cmd_snapshot,
 };
 
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
