@@ -3,8 +3,9 @@
 # Checks the OSS-Fuzz build contract locally: runs fuzz/oss-fuzz/build.sh
 # the way the builder image does (clang, ASan+UBSan, libFuzzer, SRC/WORK/
 # OUT in temp dirs), checks every target's binary, seed zip, dict and
-# options landed in $OUT, then fuzzes each target for 3000 runs from its
-# seeds. Exit 0 pass, 1 fail, 77 skip (no clang/libFuzzer, zip or unzip).
+# options landed in $OUT (binaries without shared liburing/zstd/zlib),
+# then fuzzes each target for 3000 runs from its seeds.
+# Exit 0 pass, 1 fail, 77 skip (no clang/libFuzzer, zip or unzip).
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,6 +53,11 @@ for t in $targets; do
 		fi
 	done
 	[ -x "$OUT/$t" ] || { echo "FAIL: $OUT/$t not executable"; status=1; continue; }
+	# the runner image has none of these: they must be linked in
+	if command -v ldd >/dev/null && ldd "$OUT/$t" | grep -E 'liburing|libzstd|libz\.so'; then
+		echo "FAIL: $t needs shared libraries the OSS-Fuzz runner lacks"
+		status=1
+	fi
 	seeds="$tmp/seeds/$t"
 	mkdir -p "$seeds"
 	unzip -q -o "$OUT/${t}_seed_corpus.zip" -d "$seeds" || { echo "FAIL: $t seed zip"; status=1; continue; }
