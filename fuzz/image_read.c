@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 /* Fuzz target: a whole image opened from memory and read the way a client
- * would: info, snapshots, block status, every cluster (sync, async, and
- * through a second queue). Opened twice, with the default and a two-table
- * L2 cache: both must read the same bytes. Mutator: image_mutator.c. */
+ * would: info, block status, every cluster (sync, async, through a second
+ * queue), then as its snapshots saw it. Opened twice, with the default and
+ * a two-table L2 cache: both must read the same bytes. Mutator in
+ * image_mutator.c. */
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #define MAX_AIO 32                 /* requests in flight at once */
 #define AIO_BYTES (4u << 20)
 #define TINY_CACHE 1               /* rounds up to the two-table minimum */
+#define MAX_VIEWS 2                /* snapshots read back per input */
 
 struct read_log {
 	unsigned n;
@@ -33,6 +35,7 @@ static uint64_t far_off[MAX_FAR_READS];
  * succeeded), for checking unaligned reads against. */
 static uint8_t head[256 << 10];
 static size_t head_len;
+static uint32_t nb_snapshots;    /* of the image run_once opened */
 
 static uint64_t hash_buf(const uint8_t *p, size_t n)
 {
@@ -301,6 +304,7 @@ static bool run_once(const uint8_t *data, size_t size, uint64_t cache,
 		return false;
 	}
 	check_info(img, &info);
+	nb_snapshots = info.nb_snapshots;
 	buf = malloc(info.cluster_size);
 	FUZZ_CHECK(buf);
 	nfar = walk_status(img, info.virtual_size, buf, info.cluster_size);
@@ -314,6 +318,34 @@ static bool run_once(const uint8_t *data, size_t size, uint64_t cache,
 	free(buf);
 	uq_close(img);
 	return true;
+}
+
+/* Read the disk as each of the first snapshots saw it (qemu-img convert
+ * -l): the snapshot's own L1 table and size, from a fresh open. */
+static void view_snapshots(const uint8_t *data, size_t size, uint32_t nb)
+{
+	static struct read_log slog;
+	struct uq_snapshot_info si;
+	struct uq_info info;
+	uq_image *img;
+	uint8_t *buf;
+
+	for (uint32_t i = 0; i < nb && i < MAX_VIEWS; i++) {
+		if (open_mem(data, size, 0, &img) < 0)
+			return;
+		if (uq_snapshot_get(img, i, &si) == 0 &&
+		    uq_snapshot_view(img, si.id) == 0) {
+			check_info(img, &info);
+			buf = malloc(info.cluster_size);
+			FUZZ_CHECK(buf);
+			walk_status(img, info.virtual_size, buf, info.cluster_size);
+			linear_reads(img, info.virtual_size, info.cluster_size, buf,
+				     &slog);
+			edge_reads(img, info.virtual_size, info.cluster_size, buf, 0);
+			free(buf);
+		}
+		uq_close(img);
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -332,5 +364,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(logs[0].ret[i] == logs[1].ret[i]);
 		FUZZ_CHECK(logs[0].hash[i] == logs[1].hash[i]);
 	}
+	view_snapshots(data, size, nb_snapshots);
 	return 0;
 }
