@@ -130,7 +130,9 @@ struct walk {
 	int delta;
 	uint64_t limit;   /* updates to make at most: a rollback replays a prefix */
 	uint64_t done;
-	uint8_t *tab;
+	const uint64_t *other;   /* references here at the same place cancel out */
+	uint32_t other_n;
+	uint8_t *tab, *otab;
 };
 
 /* 1 when the limit is reached (stop, not an error). */
@@ -153,7 +155,7 @@ static int ref_one(struct walk *w, uint64_t cluster, bool l2)
 				 (unsigned long long)(cluster << img->g.cluster_bits));
 	ret = uq_rc_add(img, cluster, w->delta);
 	if (ret < 0)
-		return ret;
+		return uq_seterr(ret, "%s: %s", img->path, uq_errmsg());
 	w->done++;
 	if (w->delta < 0 && v == 1 && l2) {
 		/* a freed table may come back as data: forget it was a table */
@@ -163,25 +165,48 @@ static int ref_one(struct walk *w, uint64_t cluster, bool l2)
 	return 0;
 }
 
-static int walk_l2(struct walk *w, uint64_t l2_off)
+static int decode_at(const uq_image *img, const uint8_t *tab, uint64_t i, struct uq_l2map *m)
+{
+	const struct uq_geom *g = &img->g;
+	const uint8_t *e = tab + i * g->l2_entry_bytes;
+
+	return uq_l2_decode(g, uq_be64(e), g->extended_l2 ? uq_be64(e + 8) : 0, m);
+}
+
+/* Do two mappings hold references to exactly the same clusters? */
+static bool same_refs(const struct uq_l2map *a, const struct uq_l2map *b)
+{
+	if ((a->type == UQ_C_COMPRESSED) != (b->type == UQ_C_COMPRESSED))
+		return false;
+	if (a->type == UQ_C_COMPRESSED)
+		return a->comp_off == b->comp_off && a->comp_len == b->comp_len;
+	return a->host_off == b->host_off;
+}
+
+/* One L2 table and what its entries reference; with o_off, entries that
+ * reference what the other table's entry at the same index does are
+ * skipped (their count doesn't change overall). */
+static int walk_l2(struct walk *w, uint64_t l2_off, uint64_t o_off)
 {
 	uq_image *img = w->img;
 	const struct uq_geom *g = &img->g;
 	int ret = io_pread_full(img->file, w->tab, cs(img), l2_off);
 
+	if (ret == 0 && o_off)
+		ret = io_pread_full(img->file, w->otab, cs(img), o_off);
 	if (ret < 0)
-		return uq_seterr(ret, "%s: reading the L2 table at 0x%llx failed", img->path,
-				 (unsigned long long)l2_off);
+		return uq_seterr(ret, "%s: reading an L2 table failed", img->path);
 	ret = ref_one(w, l2_off >> g->cluster_bits, true);
 	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
-		const uint8_t *e = w->tab + i * g->l2_entry_bytes;
-		struct uq_l2map m;
+		struct uq_l2map m, o;
 
-		ret = uq_l2_decode(g, uq_be64(e), g->extended_l2 ? uq_be64(e + 8) : 0, &m);
+		ret = decode_at(img, w->tab, i, &m);
 		if (ret < 0)
 			return uq_seterr(ret, "%s: L2 table at 0x%llx, entry %llu: %s", img->path,
 					 (unsigned long long)l2_off, (unsigned long long)i,
 					 uq_errmsg());
+		if (o_off && decode_at(img, w->otab, i, &o) == 0 && same_refs(&m, &o))
+			continue;
 		if (m.type == UQ_C_COMPRESSED) {
 			/* every host cluster the compressed bytes touch, as the
 			 * write path and check count them */
@@ -203,39 +228,53 @@ static int walk_l1(struct walk *w, const uint64_t *l1, uint32_t n)
 	int ret = 0;
 
 	for (uint32_t i = 0; ret == 0 && i < n; i++) {
-		uint64_t l2;
+		uint64_t l2, o2 = 0;
 		bool copied;
 
 		ret = uq_l1_decode(&w->img->g, l1[i], &l2, &copied);
 		if (ret < 0)
 			return uq_seterr(ret, "%s: L1 entry %u: %s", w->img->path, i, uq_errmsg());
-		if (l2)
-			ret = walk_l2(w, l2);
+		if (i < w->other_n && uq_l1_decode(&w->img->g, w->other[i], &o2, &copied) < 0)
+			o2 = 0;
+		/* one table in both: everything under it keeps its count */
+		if (l2 && l2 != o2)
+			ret = walk_l2(w, l2, o2);
 	}
 	return ret < 0 ? ret : 0;
 }
 
-int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta)
+int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta,
+			const uint64_t *other, uint32_t other_n)
 {
-	struct walk w = { .img = img, .delta = delta, .limit = UINT64_MAX };
-	void *tab;
+	struct walk w = { .img = img, .delta = delta, .limit = UINT64_MAX,
+			  .other = other, .other_n = other ? other_n : 0 };
+	void *tab, *otab = NULL;
 	int ret;
 
 	if (posix_memalign(&tab, img->align, cs(img)))
 		return -ENOMEM;
+	if (other && posix_memalign(&otab, img->align, cs(img))) {
+		free(tab);
+		return -ENOMEM;
+	}
 	w.tab = tab;
+	w.otab = otab;
 	ret = walk_l1(&w, l1, n);
 	if (ret < 0 && delta > 0) {
 		/* undo exactly the updates made, in the same order */
-		struct walk u = { .img = img, .delta = -delta, .limit = w.done, .tab = tab };
+		struct walk u = w;
 		char msg[512];
 
+		u.delta = -delta;
+		u.limit = w.done;
+		u.done = 0;
 		snprintf(msg, sizeof(msg), "%s", uq_errmsg());
 		if (walk_l1(&u, l1, n) < 0 || u.done != w.done)
 			img->writable = false;    /* refcounts no longer trusted */
 		uq_seterr(ret, "%s", msg);
 	}
 	free(tab);
+	free(otab);
 	return ret;
 }
 
@@ -516,14 +555,13 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	if (ret < 0)
 		return ret;
 	written_to_host_end(img);
-	ret = uq_snap_update_refs(img, img->l1, n, 1);
+	ret = uq_snap_update_refs(img, img->l1, n, 1, NULL, 0);
 	if (ret == -ERANGE)
-		return uq_seterr(ret, "%s: can't create snapshot '%s': %s; uqcow amend -o "
-				 "refcount_bits=%u %s makes room for more", img->path, name,
-				 uq_errmsg(), img->h.refcount_order < 4 ? 16 : 64, img->path);
+		return uq_seterr(ret, "%s; uqcow amend -o refcount_bits=%u %s makes room "
+				 "for more snapshots", uq_errmsg(),
+				 img->h.refcount_order < 4 ? 16 : 64, img->path);
 	if (ret < 0)
-		return uq_seterr(ret, "%s: can't create snapshot '%s': %s", img->path, name,
-				 uq_errmsg());
+		return ret;
 	copy = malloc(n ? (size_t)n * 8 : 1);
 	if (!copy)
 		ret = -ENOMEM;
@@ -531,7 +569,7 @@ int uq_snapshot_create(uq_image *img, const char *name)
 		ret = uq_rc_alloc(img, clusters_for(img, (uint64_t)n * 8), &off);
 	if (ret < 0) {
 		/* nothing is on disk yet: give the references back */
-		if (uq_snap_update_refs(img, img->l1, n, -1) < 0)
+		if (uq_snap_update_refs(img, img->l1, n, -1, NULL, 0) < 0)
 			img->writable = false;
 		free(copy);
 		return ret;
@@ -611,16 +649,17 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	/* a snapshot's flags mean nothing: start clear, recompute at the end */
 	for (uint32_t i = 0; i < sn.l1_size; i++)
 		l1[i] &= ~QCOW_OFLAG_COPIED;
+	/* what the old state references at the same place keeps its count:
+	 * a narrow width then overflows only where the result would */
 	if (ret == 0)
-		ret = uq_snap_update_refs(img, l1, sn.l1_size, 1);
+		ret = uq_snap_update_refs(img, l1, sn.l1_size, 1, img->l1, img->h.l1_size);
 	if (ret < 0) {
 		free(l1);
-		return uq_seterr(ret, "%s: can't apply snapshot '%s': %s", img->path,
-				 name_or_id, uq_errmsg());
+		return ret;
 	}
 	ret = uq_rc_alloc(img, clusters_for(img, (uint64_t)n * 8), &off);
 	if (ret < 0) {
-		if (uq_snap_update_refs(img, l1, sn.l1_size, -1) < 0)
+		if (uq_snap_update_refs(img, l1, sn.l1_size, -1, img->l1, img->h.l1_size) < 0)
 			img->writable = false;
 		free(l1);
 		return ret;
@@ -654,7 +693,7 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	img->h.l1_table_offset = off;
 	img->size = img->h.size = size;
 	/* the old state's references go; what only it used is freed */
-	ret = uq_snap_update_refs(img, old, old_n, -1);
+	ret = uq_snap_update_refs(img, old, old_n, -1, l1, n);
 	if (ret == 0)
 		ret = unref_range(img, old_off, (uint64_t)old_n * 8);
 	free(old);
@@ -703,7 +742,7 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 		return ret;
 	}
 	/* gone from the table: from here a crash only leaks */
-	ret = uq_snap_update_refs(img, l1, sn.l1_size, -1);
+	ret = uq_snap_update_refs(img, l1, sn.l1_size, -1, NULL, 0);
 	free(l1);
 	if (ret == 0)
 		ret = unref_range(img, sn.l1_table_offset, (uint64_t)sn.l1_size * 8);
