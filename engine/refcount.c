@@ -124,12 +124,16 @@ int uq_rc_get(uq_image *img, uint64_t cluster, uint64_t *val)
 	return 0;
 }
 
+/* Everything allocated gets written sooner or later (metadata at flush),
+ * so it no longer counts as never-written once freed and reused. */
 static void note_alloc(uq_image *img, uint64_t cluster, uint64_t n)
 {
 	uint64_t end = (cluster + n) * cs(img);
 
 	if (end > img->host_end)
 		img->host_end = end;
+	if (end > img->written_end)
+		img->written_end = end;
 }
 
 /* First run of n clusters whose refcount is 0, from the hint on. Clusters
@@ -569,6 +573,8 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	img->g.refcount_order = order;
 	img->g.rb_bits = rb_bits;
 	img->host_end = (T + tc + nb) * c;
+	if (img->written_end < img->host_end)
+		img->written_end = img->host_end;
 	img->free_hint = 1;
 	img->nfrees = img->frees_cap = 0;
 	ret = uq_rc_load(img);

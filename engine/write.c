@@ -206,10 +206,12 @@ static int alloc_data(uq_image *img, uint64_t guest_cluster_off, uint64_t *host,
 		*fresh = false;
 		return 0;
 	}
+	uint64_t written = img->written_end;   /* allocation moves it */
+
 	ret = uq_rc_alloc(img, 1, host);
 	if (ret < 0)
 		return ret;
-	*fresh = *host >= img->written_end;
+	*fresh = *host >= written;
 	if (uq_meta_overlaps(img, *host, csz(img)))
 		return uq_mark_corrupt(img, "guest data", *host);
 	return 0;
