@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv) __attribute__((weak));
@@ -20,6 +22,8 @@ size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size)
 
 static bool skip_missing;   /* --skip-missing: absent paths are not errors */
 static unsigned mutate_rounds;   /* -mutate=N: also run N custom mutations */
+static unsigned timeout_sec;     /* -timeout=N: fail an input that runs longer */
+static const char *current;      /* the input being run, for the timeout */
 static unsigned long ran, failed;
 static uint64_t rng = 0x853c49e6748fea9bull;
 
@@ -115,6 +119,20 @@ static void run_mutations(const char *path, const uint8_t *data, size_t size)
 	free(buf);
 }
 
+/* Like libFuzzer's -timeout: a hang is a failure that names its input. */
+static void on_alarm(int sig)
+{
+	static const char msg[] = "timeout: input ran longer than -timeout: ";
+	ssize_t r;
+
+	(void)sig;
+	r = write(2, msg, sizeof(msg) - 1);
+	r = write(2, current, strlen(current));
+	r = write(2, "\n", 1);
+	(void)r;
+	_exit(1);
+}
+
 static void run_file(const char *path)
 {
 	size_t len = 0;
@@ -126,9 +144,12 @@ static void run_file(const char *path)
 		return;
 	}
 	fprintf(stderr, "Running: %s (%zu bytes)\n", path, len);
+	current = path;
+	alarm(timeout_sec);
 	run_input(data, len);
 	if (mutate_rounds && LLVMFuzzerCustomMutator)
 		run_mutations(path, data, len);
+	alarm(0);
 	free(data);
 }
 
@@ -203,6 +224,7 @@ static void run_path(const char *path)
 
 int main(int argc, char **argv)
 {
+	signal(SIGALRM, on_alarm);
 	if (LLVMFuzzerInitialize)
 		LLVMFuzzerInitialize(&argc, &argv);
 	for (int i = 1; i < argc; i++) {
@@ -212,6 +234,8 @@ int main(int argc, char **argv)
 			skip_missing = true;
 		else if (!strncmp(a, "-mutate=", 8))
 			mutate_rounds = (unsigned)strtoul(a + 8, NULL, 10);
+		else if (!strncmp(a, "-timeout=", 9))
+			timeout_sec = (unsigned)strtoul(a + 9, NULL, 10);
 		else if (a[0] == '-')   /* libFuzzer flags mean nothing here */
 			fprintf(stderr, "ignoring option %s\n", a);
 		else
