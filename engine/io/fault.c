@@ -14,6 +14,7 @@ struct io_fault {
 	size_t nops, cap;
 	uint64_t changes;             /* issued since attach, failed ones too */
 	uint64_t failures;
+	struct io_fault_op first_failure;
 	uint64_t fail_at;             /* 0: never */
 	int err;
 	bool sticky;
@@ -211,6 +212,11 @@ uint64_t io_fault_failures(const struct io_fault *fl)
 	return fl->failures;
 }
 
+const struct io_fault_op *io_fault_first_failure(const struct io_fault *fl)
+{
+	return fl->failures ? &fl->first_failure : NULL;
+}
+
 size_t io_fault_nops(const struct io_fault *fl)
 {
 	return fl->nops;
@@ -222,13 +228,15 @@ const struct io_fault_op *io_fault_op(const struct io_fault *fl, size_t i)
 }
 
 /* Count one change; true when it is to fail instead of running. */
-static bool must_fail(struct io_fault *fl)
+static bool must_fail(struct io_fault *fl, const struct io_fault_op *op)
 {
 	uint64_t n = ++fl->changes;
 	bool fail = fl->fail_at && (n == fl->fail_at || (fl->sticky && n > fl->fail_at));
 
-	if (fail)
-		fl->failures++;
+	if (fail && !fl->failures++) {
+		fl->first_failure = *op;
+		fl->first_failure.data = NULL;
+	}
 	return fail;
 }
 
@@ -263,7 +271,7 @@ static ssize_t run(struct io_fault *fl, struct io_fault_op op, struct io_req *r,
 	ssize_t res;
 	int ret;
 
-	if (must_fail(fl))
+	if (must_fail(fl, &op))
 		return fl->err;
 	ret = prepare(fl, &op, r ? r->buf : NULL);
 	if (ret < 0)

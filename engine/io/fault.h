@@ -56,6 +56,8 @@ void io_fault_fail_at(struct io_fault *fl, uint64_t n, int err, bool sticky);
 /* Changes issued so far (failed ones included), and how many failed. */
 uint64_t io_fault_changes(const struct io_fault *fl);
 uint64_t io_fault_failures(const struct io_fault *fl);
+/* The first change that failed (its data not kept), or NULL. */
+const struct io_fault_op *io_fault_first_failure(const struct io_fault *fl);
 
 /* The record: changes that ran, in order. Pointers stay valid until the
  * next change or detach. */
