@@ -1,0 +1,420 @@
+// SPDX-License-Identifier: MIT
+/* Crash consistency: seeded workloads at every refcount width, with and
+ * without lazy refcounts; every persistence point and torn states between. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "crash.h"
+
+static const uint32_t widths[] = { 1, 2, 4, 8, 16, 32, 64 };
+#define NWIDTHS (sizeof(widths) / sizeof(widths[0]))
+
+/* A random sector-aligned range of 1..max sectors inside the image. */
+static uint64_t pick(struct run *R, uint64_t max, uint64_t *len)
+{
+	uint64_t ns = R->size / SECTOR, l = 1 + rnd_below(R, max);
+
+	if (l > ns)
+		l = ns;
+	*len = l * SECTOR;
+	return rnd_below(R, ns - l + 1) * SECTOR;
+}
+
+/* A random range of 1..max whole clusters. */
+static uint64_t pick_clusters(struct run *R, uint64_t max, uint64_t *len)
+{
+	uint64_t cs = R->c.cs, nc = R->size / cs, l = 1 + rnd_below(R, max);
+
+	if (l > nc)
+		l = nc;
+	*len = l * cs;
+	return rnd_below(R, nc - l + 1) * cs;
+}
+
+static uint64_t spc(const struct run *R)
+{
+	return R->c.cs / SECTOR;   /* sectors per cluster */
+}
+
+/* Allocating writes of every shape, some rewriting what is there. */
+static void wl_alloc(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 48; i++) {
+		off = pick(R, 4 * spc(R), &len);
+		g_write(R, off, len, 0);
+		if (i % 6 == 5)
+			g_flush(R);
+	}
+}
+
+/* Partial writes over a backing file copy the rest of the cluster up;
+ * discards and zeroes must hide the backing data. */
+static void wl_cow(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 40; i++) {
+		uint64_t r = rnd_below(R, 10);
+
+		if (r < 5) {
+			off = pick(R, 1, &len);
+			g_write(R, off, len, 0);
+		} else if (r < 7) {
+			off = pick(R, 3 * spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r == 7) {
+			off = pick_clusters(R, 2, &len);
+			g_discard(R, off, len);
+		} else if (r == 8) {
+			off = pick(R, spc(R) - 1, &len);
+			g_zero(R, off, len, 0);
+		} else {
+			off = pick_clusters(R, 2, &len);
+			g_zero(R, off, len, rnd_below(R, 2) ? UQ_ZERO_UNMAP : 0);
+		}
+		if (i % 6 == 5)
+			g_flush(R);
+	}
+}
+
+/* Write-zeroes over allocated data, with and without unmap, whole and
+ * partial clusters, and writes into zeroed clusters that kept their host. */
+static void wl_zero(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 12; i++) {
+		off = pick(R, 8 * spc(R), &len);
+		g_write(R, off, len, 0);
+	}
+	g_flush(R);
+	for (int i = 0; i < 32; i++) {
+		uint64_t r = rnd_below(R, 8);
+
+		if (r < 3) {
+			off = pick_clusters(R, 4, &len);
+			g_zero(R, off, len, r == 0 ? UQ_ZERO_UNMAP : 0);
+		} else if (r == 3) {
+			off = pick(R, 2 * spc(R), &len);
+			g_zero(R, off, len, UQ_ZERO_UNMAP);
+		} else {
+			off = pick(R, 2 * spc(R), &len);
+			g_write(R, off, len, 0);
+		}
+		if (i % 5 == 4)
+			g_flush(R);
+	}
+}
+
+/* Discards free clusters (refcounts drop after the L2 change is on disk)
+ * and later writes reuse them. */
+static void wl_discard(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 44; i++) {
+		uint64_t r = rnd_below(R, 20);
+
+		if (r < 10) {
+			off = pick(R, 3 * spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r < 19) {
+			off = pick_clusters(R, 8, &len);
+			g_discard(R, off, len);
+		} else {
+			off = pick(R, spc(R), &len);
+			g_discard(R, off, len);   /* partial: ignored */
+		}
+		if (i % 5 == 4)
+			g_flush(R);
+	}
+}
+
+/* Compressed clusters packed into shared host clusters, overwritten by
+ * plain writes, discarded and zeroed. */
+static void wl_compress(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 36; i++) {
+		uint64_t r = rnd_below(R, 20);
+
+		if (r < 10) {
+			off = pick_clusters(R, 2, &len);
+			g_write(R, off, len, UQ_WRITE_COMPRESSED);
+		} else if (r < 14) {
+			off = pick(R, spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r < 17) {
+			off = pick_clusters(R, 2, &len);
+			g_discard(R, off, len);
+		} else {
+			off = pick_clusters(R, 2, &len);
+			g_zero(R, off, len, r == 19 ? UQ_ZERO_UNMAP : 0);
+		}
+		if (i % 5 == 4)
+			g_flush(R);
+	}
+}
+
+/* Host bytes one cluster of refcount table describes. */
+static uint64_t reftable_cover(const struct run *R)
+{
+	uint64_t cs = R->c.cs;
+
+	return (cs / 8) * (cs * 8 / R->c.bits) * cs;
+}
+
+/* Large writes until the refcount table must grow (where the width makes
+ * that affordable: at 512-byte clusters one table cluster describes
+ * 128 MiB / refcount_bits of host file). */
+static void wl_rcgrow(struct run *R)
+{
+	uint64_t cover = reftable_cover(R), target, chunk = 512 << 10, off = 0;
+
+	target = cover + (256 << 10) <= R->size ? cover + (256 << 10) : 1 << 20;
+	for (int i = 0; off < target; i++) {
+		uint64_t len = target - off < chunk ? target - off : chunk;
+
+		g_write(R, off, len, 0);
+		off += len;
+		if (i % 4 == 3)
+			g_flush(R);
+	}
+	/* and some scattered ones, allocated in the grown range */
+	for (int i = 0; i < 8; i++) {
+		uint64_t len, o = pick(R, 2 * spc(R), &len);
+
+		g_write(R, o, len, 0);
+	}
+}
+
+/* Sparse writes over a large guest: nearly each needs a new L2 table. */
+static void wl_l2(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 48; i++) {
+		off = pick(R, 2, &len);
+		g_write(R, off, len, 0);
+		if (i % 6 == 5)
+			g_flush(R);
+	}
+}
+
+static size_t width_index(uint32_t bits)
+{
+	for (size_t i = 0; i < NWIDTHS; i++)
+		if (widths[i] == bits)
+			return i;
+	return 0;
+}
+
+/* Refcount width changes between batches of writes and discards, two of
+ * them back to back (the structures of the first are freed before any data
+ * was written past them), then single sectors into fresh clusters. */
+static void wl_amend(struct run *R)
+{
+	size_t wi = width_index(R->c.bits);
+	uint32_t seq[4] = { widths[(wi + 3) % NWIDTHS], widths[(wi + 5) % NWIDTHS],
+			    widths[(wi + 1) % NWIDTHS], R->c.bits };
+	uint64_t off, len;
+
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < 8; i++) {
+			if (round == 2) {
+				off = pick(R, 1, &len);
+				g_write(R, off, len, 0);
+			} else if (rnd_below(R, 4)) {
+				off = pick(R, 3 * spc(R), &len);
+				g_write(R, off, len, 0);
+			} else {
+				off = pick_clusters(R, 4, &len);
+				g_discard(R, off, len);
+			}
+			if (i == 4)
+				g_flush(R);
+		}
+		g_flush(R);
+		if (round == 0)
+			g_amend(R, seq[0]);
+		if (round == 1) {
+			g_amend(R, seq[1]);
+			g_amend(R, seq[2]);
+		}
+	}
+	g_amend(R, seq[3]);
+	for (int i = 0; i < 4; i++) {
+		off = pick(R, 1, &len);
+		g_write(R, off, len, 0);
+	}
+}
+
+/* Rewrites in place: after the first flush no metadata changes, so only
+ * the flush's fsync makes the rewrites durable. */
+static void wl_inplace(struct run *R)
+{
+	uint64_t cs = R->c.cs, nc = R->size / cs;
+
+	g_write(R, 0, R->size, 0);
+	g_flush(R);
+	for (int i = 0; i < 24; i++) {
+		uint64_t c = rnd_below(R, nc), s = rnd_below(R, cs / SECTOR);
+
+		g_write(R, c * cs + s * SECTOR, SECTOR, 0);
+		if (i % 3 == 2)
+			g_flush(R);
+	}
+}
+
+/* Growth (the L1 table moves, in place first, then to two clusters),
+ * writes in the new space, and a shrink of a discarded tail. */
+static void wl_resize(struct run *R)
+{
+	uint64_t off, len;
+	static const uint64_t sizes[] = { 1 << 20, 3 << 20, 2 << 20, 5 << 19 };
+
+	for (int step = 0; step < 4; step++) {
+		for (int i = 0; i < 8; i++) {
+			off = pick(R, 2 * spc(R), &len);
+			g_write(R, off, len, 0);
+			if (i == 3)
+				g_flush(R);
+		}
+		/* writes near the end, where the guest grew */
+		off = R->size - 4 * R->c.cs;
+		g_write(R, off, 2 * R->c.cs, 0);
+		g_flush(R);
+		if (sizes[step] < R->size)
+			g_discard(R, sizes[step], R->size - sizes[step]);
+		g_resize(R, sizes[step]);
+	}
+	off = pick(R, 2 * spc(R), &len);
+	g_write(R, off, len, 0);
+}
+
+struct workload {
+	const char *name;
+	uint32_t cs;
+	uint64_t size;
+	int backing;
+	unsigned samples;   /* reordered/torn states per interval */
+	void (*fn)(struct run *R);
+};
+
+static const struct workload workloads[] = {
+	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc },
+	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace },
+	{ "cow",      1024, 256 << 10, 1, 8, wl_cow },
+	{ "zero",     512,  128 << 10, 0, 8, wl_zero },
+	{ "discard",  512,  128 << 10, 0, 8, wl_discard },
+	{ "compress", 4096, 256 << 10, 0, 8, wl_compress },
+	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow },
+	{ "l2",       512,  2 << 20,   0, 8, wl_l2 },
+	{ "amend",    1024, 128 << 10, 0, 8, wl_amend },
+	{ "resize",   512,  48 << 10,  0, 8, wl_resize },
+};
+#define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
+
+struct totals {
+	unsigned long states, failures, qemu;
+};
+
+static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy, uint64_t seed,
+		   int samples, bool verbose, struct totals *t)
+{
+	struct cfg c = { .cs = w->cs, .bits = bits, .lazy = lazy, .backing = w->backing,
+			 .size = w->size };
+	struct run R = { .verbose = verbose, .qemu_budget = 5 };
+	unsigned long states = 0;
+	int ret;
+
+	c.seed = seed * 1000003 + wi * 8191 + bits * 131 + (uint64_t)lazy * 7;
+	R.samples_per_interval = samples >= 0 ? (unsigned)samples : w->samples;
+	ret = run_start(&R, w->name, &c);
+	if (ret == 0) {
+		w->fn(&R);
+		g_flush(&R);
+		run_close(&R);
+		states = check_crash_states(&R);
+	} else {
+		fail(&R, "could not set up the run (%d)", ret);
+	}
+	printf("crash %-8s bits=%-2u lazy=%d: %5lu crash states (%lu persistence points, "
+	       "%lu reordered/torn), %lu qemu-img checks, %zu ops recorded%s%s\n",
+	       w->name, bits, lazy, states, R.points, R.samples, R.qemu_checks,
+	       R.fl ? io_fault_nops(R.fl) : 0,
+	       strcmp(w->name, "rcgrow") ? "" : R.reftable_grew ? ", refcount table grew"
+								 : ", refcount table did not grow",
+	       R.failures ? " FAILED" : "");
+	fflush(stdout);
+	t->states += states;
+	t->failures += R.failures;
+	t->qemu += R.qemu_checks;
+	run_free(&R);
+	return R.failures ? 1 : 0;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: test_crash [-b BITS] [-l 0|1] [-s SEED] [-n SAMPLES] [-v] "
+		"WORKLOAD|all\nworkloads:");
+	for (size_t i = 0; i < NWORKLOADS; i++)
+		fprintf(stderr, " %s", workloads[i].name);
+	fputc('\n', stderr);
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	int opt, lazy_only = -1, samples = -1;
+	uint32_t bits_only = 0;
+	uint64_t seed = 1;
+	bool verbose = false;
+	struct totals t = { 0 };
+	int bad = 0, matched = 0;
+
+	while ((opt = getopt(argc, argv, "b:l:s:n:v")) != -1) {
+		switch (opt) {
+		case 'b': bits_only = (uint32_t)atoi(optarg); break;
+		case 'l': lazy_only = atoi(optarg); break;
+		case 's': seed = strtoull(optarg, NULL, 0); break;
+		case 'n': samples = atoi(optarg); break;
+		case 'v': verbose = true; break;
+		default: usage();
+		}
+	}
+	if (optind != argc - 1)
+		usage();
+	for (size_t wi = 0; wi < NWORKLOADS; wi++) {
+		const struct workload *w = &workloads[wi];
+		struct totals wt = { 0 };
+
+		if (strcmp(argv[optind], "all") && strcmp(argv[optind], w->name))
+			continue;
+		matched++;
+		for (size_t b = 0; b < NWIDTHS; b++) {
+			if (bits_only && widths[b] != bits_only)
+				continue;
+			for (int lazy = 0; lazy < 2; lazy++)
+				if (lazy_only < 0 || lazy_only == lazy)
+					bad |= run_one(w, wi, widths[b], lazy, seed, samples,
+						       verbose, &wt);
+		}
+		printf("crash %-8s total: %lu crash states, %lu qemu-img checks, %lu failures\n",
+		       w->name, wt.states, wt.qemu, wt.failures);
+		t.states += wt.states;
+		t.failures += wt.failures;
+		t.qemu += wt.qemu;
+	}
+	if (!matched)
+		usage();
+	if (matched > 1)
+		printf("crash all: %lu crash states, %lu qemu-img checks, %lu failures\n",
+		       t.states, t.qemu, t.failures);
+	return bad ? 1 : 0;
+}
