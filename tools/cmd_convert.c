@@ -507,7 +507,8 @@ const struct cli_verb cmd_convert = {
 	"  -m N           read requests in flight, 1 to 64 (default 16)\n"
 	"  -W             accepted: writes are always out of order\n"
 	"  -l SNAPSHOT    copy a snapshot's contents: a name or ID, or\n"
-	"                 snapshot.id=ID[,snapshot.name=NAME]\n"
+	"                 snapshot.id=ID[,snapshot.name=NAME]; the output has\n"
+	"                 the snapshot's own disk size (qemu-img: the current)\n"
 	"  --io=io_uring|psync, --l2-cache-size=SIZE, --cache=none (source)\n"
 	"\nRaw output is sparse: ranges the source reports as zero and all-zero\n"
 	"4 KiB blocks are not written.\n",
