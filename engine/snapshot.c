@@ -517,6 +517,26 @@ static int need_snapshots(uq_image *img, bool write)
 	return 0;
 }
 
+/* The virtual size a snapshot brings along: its disk size field (v2
+ * entries may lack it: the current size). A hostile one must not become a
+ * size nothing could map (a 32 MiB L1 table) or past what an off_t holds. */
+static int snap_size(uq_image *img, const struct uq_snapshot_raw *sn, const char *name,
+		     uint64_t *size, uint64_t *l1_entries)
+{
+	uint64_t v = sn->has_disk_size ? sn->disk_size : img->size, n;
+	int ret = uq_l1_entries_for(v, img->g.cluster_bits, img->g.extended_l2, &n);
+
+	if (ret == 0 && (v > (1ull << 63) - img->g.cluster_size ||
+			 n * 8 > QCOW_MAX_L1_BYTES))
+		ret = -EFBIG;
+	if (ret < 0)
+		return uq_seterr(ret, "%s: snapshot '%s': disk size %llu is too large",
+				 img->path, name, (unsigned long long)v);
+	*size = v;
+	*l1_entries = n;
+	return 0;
+}
+
 static uint32_t next_id(const uq_image *img)
 {
 	unsigned long max = 0;
@@ -626,11 +646,9 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	if (ret < 0)
 		return ret;
 	sn = img->snaps[idx].raw;
-	size = sn.has_disk_size ? sn.disk_size : img->size;
-	ret = uq_l1_entries_for(size, img->g.cluster_bits, img->g.extended_l2, &need);
+	ret = snap_size(img, &sn, name_or_id, &size, &need);
 	if (ret < 0)
-		return uq_seterr(ret, "%s: snapshot '%s': %s", img->path, name_or_id,
-				 uq_errmsg());
+		return ret;
 	/* the L1 table covers both the snapshot's table and its disk size */
 	n = sn.l1_size > need ? sn.l1_size : (uint32_t)need;
 	if (!n)
@@ -758,7 +776,7 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 int uq_snapshot_view(uq_image *img, const char *name_or_id)
 {
 	struct uq_snapshot_raw sn;
-	uint64_t *l1;
+	uint64_t *l1, size, need;
 	uint32_t idx;
 	int ret = need_snapshots(img, false);
 
@@ -770,6 +788,9 @@ int uq_snapshot_view(uq_image *img, const char *name_or_id)
 	if (ret < 0)
 		return ret;
 	sn = img->snaps[idx].raw;
+	ret = snap_size(img, &sn, name_or_id, &size, &need);
+	if (ret < 0)
+		return ret;
 	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
 	if (!l1)
 		return -ENOMEM;
@@ -784,7 +805,6 @@ int uq_snapshot_view(uq_image *img, const char *name_or_id)
 	img->l1 = l1;
 	img->h.l1_size = sn.l1_size;
 	img->h.l1_table_offset = sn.l1_table_offset;
-	if (sn.has_disk_size)
-		img->size = img->h.size = sn.disk_size;
+	img->size = img->h.size = size;
 	return 0;
 }
