@@ -98,7 +98,8 @@ static int check_features(uq_image *img)
 	if (img->exts->has_crypto)
 		return uq_seterr(-ENOTSUP, "header extension: full disk encryption "
 				 "header present: encrypted images are not supported");
-	if ((img->flags & UQ_OPEN_RDWR) &&
+	/* check -r opens corrupt images read-write to repair them */
+	if ((img->flags & UQ_OPEN_RDWR) && !(img->flags & UQ_OPEN_REPAIR) &&
 	    (h->incompatible_features & QCOW_INCOMPAT_CORRUPT))
 		return uq_seterr(-EROFS, "incompatible_features: image is marked "
 				 "corrupt; open it read-only or repair it with check -r all");
@@ -315,7 +316,9 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 	if (ret < 0)
 		return uq_seterr(ret, "l2-cache-size %llu is out of range",
 				 (unsigned long long)cache);
-	if (img->flags & UQ_OPEN_RDWR)
+	/* a repair handle gets its write state from uq_check, after the
+	 * check: the refcount structures may be too broken to load */
+	if ((img->flags & UQ_OPEN_RDWR) && !(img->flags & UQ_OPEN_REPAIR))
 		return uq_write_open(img);
 	return 0;
 }

@@ -30,6 +30,10 @@ enum uq_format {
 #define UQ_OPEN_RDWR       (1u << 0)
 #define UQ_OPEN_DIRECT     (1u << 1) /* O_DIRECT (qemu-img cache=none) */
 #define UQ_OPEN_NO_BACKING (1u << 2) /* don't open the backing chain */
+/* With UQ_OPEN_RDWR: open for uq_check's repairs only. A corrupt image is
+ * accepted, the write state is set up by uq_check once it has looked at
+ * the image, and guest writes through this handle are refused. */
+#define UQ_OPEN_REPAIR     (1u << 3)
 
 struct uq_open_opts {
 	size_t struct_size;       /* sizeof(struct uq_open_opts): lets the ABI grow */
@@ -221,6 +225,49 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id);
  * virtual size become the snapshot's (qemu-img convert -l). Call with no
  * I/O in flight, before any other thread uses the image. */
 int uq_snapshot_view(uq_image *img, const char *name_or_id);
+
+/* ---- consistency check and repair (qemu-img check) ---- */
+
+#define UQ_CHECK_REPAIR_LEAKS  (1u << 0) /* lower refcounts that are too high */
+#define UQ_CHECK_REPAIR_ERRORS (1u << 1) /* raise low refcounts, fix COPIED */
+#define UQ_CHECK_REPAIR_ALL    (UQ_CHECK_REPAIR_LEAKS | UQ_CHECK_REPAIR_ERRORS)
+
+/* Counters as qemu-img check reports them. report, progress and arg are
+ * set by the caller (each may be NULL); uq_check fills in the rest. */
+struct uq_check_result {
+	size_t struct_size;        /* sizeof(struct uq_check_result) */
+	/* One problem line, worded as qemu-img words it ("Leaked cluster 5
+	 * refcount=1 reference=0", "ERROR cluster 7 refcount=0 reference=1",
+	 * "Repairing ..."), without a newline, as soon as it is found. */
+	void (*report)(void *arg, const char *line);
+	/* Work done so far out of total (units: tables read). */
+	void (*progress)(void *arg, uint64_t done, uint64_t total);
+	void *arg;
+
+	uint64_t check_errors;     /* the check itself could not look somewhere */
+	uint64_t corruptions;      /* left after repairs */
+	uint64_t leaks;            /* left after repairs */
+	uint64_t corruptions_fixed;
+	uint64_t leaks_fixed;
+	uint64_t image_end_offset; /* past the last cluster in use */
+	uint64_t total_clusters;   /* guest clusters of the virtual size */
+	uint64_t allocated_clusters;
+	uint64_t fragmented_clusters;
+	uint64_t compressed_clusters;
+	int dirty;                 /* dirty bit as found */
+	int corrupt;               /* corrupt bit as found */
+	int rebuilt;               /* refcount structures were rebuilt */
+	int marked_clean;          /* repairs cleared the dirty and corrupt bits */
+};
+
+/* Walk every L1/L2 table (active and snapshots), the refcount table and
+ * blocks, the snapshot table and bitmaps; compare real references with
+ * the stored refcounts; check COPIED flags, alignment, reserved bits and
+ * overlapping metadata. flags: 0 to check only, or UQ_CHECK_REPAIR_*,
+ * which needs an image opened with UQ_OPEN_RDWR (normally together with
+ * UQ_OPEN_REPAIR). Returns 0 when the check ran to the end, whatever it
+ * found (see res), or -errno when it could not (-ENOTSUP: not qcow2). */
+int uq_check(uq_image *img, unsigned flags, struct uq_check_result *res);
 
 #ifdef __cplusplus
 }
