@@ -1,0 +1,494 @@
+// SPDX-License-Identifier: MIT
+/* uq_check's sequence and its repairs: refcounts patched or rebuilt, COPIED
+ * flags fixed, dirty and corrupt bits cleared once the image is whole. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "error.h"
+
+/* A writable image keeps metadata in memory: put it on disk so the
+ * check, which reads the disk, sees what the engine sees. */
+int ck_sync(struct ck *ck)
+{
+	uq_image *img = ck->img;
+	int ret;
+
+	if (!img->writable)
+		return 0;
+	ret = uq_meta_flush(img);
+	if (ret == 0)
+		ret = uq_rc_write_dirty(img);   /* lazy refcounts live in memory */
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0)
+		ck->res->check_errors++;
+	return ret;
+}
+
+/* Refcount fixes go through the engine's refcount layer, which needs the
+ * write state. A repair handle gets it only now: at open the refcount
+ * structures may have been too broken to load. */
+int ck_write_state(struct ck *ck)
+{
+	uq_image *img = ck->img;
+	uint64_t dirty, bitmaps;
+	int ret;
+
+	if (img->writable)
+		return 0;
+	if (ck->state_err)
+		return ck->state_err;
+	if (!(img->flags & UQ_OPEN_RDWR))
+		return uq_seterr(-EROFS, "%s: image is open read-only", img->path);
+	ret = io_file_size(img->file, &img->file_size);
+	if (ret < 0)
+		goto fail;
+	uq_rc_release(img);
+	img->reftable_entries = 0;
+	img->nfrees = img->frees_cap = 0;
+	/* uq_write_open would rebuild a dirty image's refcounts on its own
+	 * (the check does that, and reports it) and clear the bitmaps bit
+	 * (repairs don't touch guest data, so bitmaps stay valid) */
+	dirty = img->h.incompatible_features & QCOW_INCOMPAT_DIRTY;
+	bitmaps = img->h.autoclear_features & QCOW_AUTOCLEAR_BITMAPS;
+	img->h.incompatible_features &= ~dirty;
+	img->h.autoclear_features &= ~bitmaps;
+	ret = uq_write_open(img);
+	img->h.incompatible_features |= dirty;
+	img->h.autoclear_features |= bitmaps;
+	if (ret == 0)
+		return 0;
+fail:
+	img->writable = false;
+	ck->state_err = ret;
+	ck_msg(ck, "ERROR can't repair: %s", uq_errmsg());
+	ck->res->check_errors++;
+	return ret;
+}
+
+int ck_fix_refcount(struct ck *ck, uint64_t cluster, uint64_t stored, uint64_t want)
+{
+	uint64_t d = want > stored ? want - stored : stored - want;
+	int ret = ck_write_state(ck);
+
+	if (ret < 0)
+		return ret;
+	if (d > INT64_MAX)
+		return -ERANGE;
+	return uq_rc_add(ck->img, cluster, want > stored ? (int64_t)d : -(int64_t)d);
+}
+
+int ck_write_refcounts(struct ck *ck)
+{
+	int ret;
+
+	if (!ck->img->writable)
+		return 0;
+	ret = uq_rc_write_dirty(ck->img);
+	if (ret == 0)
+		ret = io_fsync(ck->img->file);
+	return ret;
+}
+
+int ck_write_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t idx, const uint8_t *entry)
+{
+	uq_image *img = ck->img;
+	size_t eb = img->g.l2_entry_bytes;
+	int ret = io_pwrite_full(img->file, entry, eb, l2_off + idx * eb);
+
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	/* a cached copy would hide the change from readers */
+	l2c_invalidate(img->l2c, l2_off);
+	return ret;
+}
+
+/* -EBUSY: refused, the table shares its cluster with metadata that is
+ * written in place; writing it would damage that too. */
+int ck_write_l2(struct ck *ck, uint64_t l2_off, const uint8_t *tab)
+{
+	uq_image *img = ck->img;
+	int ret;
+
+	if (ck_conflicts(ck, l2_off, ck->cs)) {
+		ck_msg(ck, "ERROR: Could not write L2 table; metadata overlap check failed: "
+		       "it shares its cluster with other metadata");
+		return -EBUSY;
+	}
+	ret = io_pwrite_full(img->file, tab, (size_t)ck->cs, l2_off);
+	l2c_invalidate(img->l2c, l2_off);
+	return ret;
+}
+
+int ck_write_l1_entry(struct ck *ck, uint32_t idx, uint64_t val)
+{
+	uq_image *img = ck->img;
+	uint64_t at = img->h.l1_table_offset + (uint64_t)idx * 8;
+	uint8_t b[8];
+	int ret;
+
+	if (ck_conflicts(ck, at, 8)) {
+		ck_msg(ck, "ERROR: Could not write L1 table; metadata overlap check failed: "
+		       "it shares its cluster with other metadata");
+		return -EBUSY;
+	}
+	uq_put_be64(b, val);
+	ret = io_pwrite_full(img->file, b, 8, at);
+	if (ret == 0)
+		img->l1[idx] = val;
+	return ret;
+}
+
+/* Fresh refcount structures from the real counts, less the references
+ * the old structures held (they stay behind, unreferenced: the recount
+ * that follows frees them as leaks). */
+int ck_rebuild(struct ck *ck)
+{
+	uq_image *img = ck->img;
+	uint32_t cb = img->g.cluster_bits;
+	uint64_t *counts = malloc(ck->nb * sizeof(*counts));
+	uint64_t rt = img->h.refcount_table_offset;
+	int ret;
+
+	if (!counts)
+		return uq_seterr(-ENOMEM, "out of memory rebuilding refcounts");
+	memcpy(counts, ck->counts, ck->nb * sizeof(*counts));
+	for (uint64_t c = rt >> cb; ck->rt_n && c <= (rt + ck->rt_n * 8 - 1) >> cb; c++)
+		if (c < ck->nb && counts[c])
+			counts[c]--;
+	for (uint64_t i = 0; i < ck->rt_n; i++) {
+		uint64_t off = ck->rt[i] & QCOW_REFT_OFFSET_MASK, c = off >> cb;
+
+		if (off && !(off & (ck->cs - 1)) && !(ck->rt[i] & QCOW_REFT_RESERVED) &&
+		    c < ck->nb && counts[c])
+			counts[c]--;
+	}
+	ret = uq_rc_rebuild(img, counts, ck->nb, img->h.refcount_order);
+	free(counts);
+	return ret;
+}
+
+/* Nothing is left broken: the dirty and corrupt bits go (qemu's
+ * mark_clean and mark_consistent), after everything else is durable. */
+int ck_mark_clean(struct ck *ck)
+{
+	uq_image *img = ck->img;
+	uint64_t bits = QCOW_INCOMPAT_DIRTY | QCOW_INCOMPAT_CORRUPT;
+	uint64_t v = img->h.incompatible_features & ~bits;
+	uint8_t f[8];
+	int ret;
+
+	if (v == img->h.incompatible_features || img->h.version < 3)
+		return 0;
+	ret = ck_write_refcounts(ck);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	uq_put_be64(f, v);
+	if (ret == 0)
+		ret = uq_header_write_field(img, 72, f, 8);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0) {
+		ck->res->check_errors++;
+		return uq_seterr(ret, "%s: clearing the dirty and corrupt bits failed",
+				 img->path);
+	}
+	img->h.incompatible_features = v;
+	ck->res->marked_clean = 1;
+	return 0;
+}
+
+/* After repairs: everything on disk. A repair handle stops being
+ * writable, so no guest write can follow a check that left the bitmaps
+ * bit set or a corruption behind. */
+int ck_finish(struct ck *ck)
+{
+	uq_image *img = ck->img;
+	int ret = 0;
+
+	if (img->writable) {
+		ret = ck_write_refcounts(ck);
+		if (ret == 0)
+			ret = io_fsync(img->file);
+	}
+	if (ck->repair_handle)
+		img->writable = false;
+	if (ret < 0) {
+		ck->res->check_errors++;
+		return uq_seterr(ret, "%s: writing repairs failed", img->path);
+	}
+	return 0;
+}
+
+/* ---- COPIED flags of the active state ---- */
+
+/* COPIED must be set exactly where the refcount is 1 (qemu's check_oflag_copied). */
+static int check_copied(struct ck *ck, unsigned fix)
+{
+	uq_image *img = ck->img;
+	const struct uq_geom *g = &img->g;
+	struct uq_check_result *res = ck->res;
+	bool repair = (fix & UQ_CHECK_REPAIR_ERRORS) ||
+		      ((fix & UQ_CHECK_REPAIR_LEAKS) && !res->check_errors &&
+		       !res->corruptions && !res->leaks);
+	uint32_t n1 = img->h.l1_size, *idx = NULL;
+	uint64_t *offs = NULL;
+	struct ck_reader rd = { 0 };
+	size_t n = 0;
+	int ret = 0;
+
+	if (!n1)
+		return 0;
+	offs = malloc((size_t)n1 * sizeof(*offs));
+	idx = malloc((size_t)n1 * sizeof(*idx));
+	if (!offs || !idx) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < n1; i++) {
+		if (!(img->l1[i] & QCOW_L1E_OFFSET_MASK))
+			continue;
+		offs[n] = img->l1[i] & QCOW_L1E_OFFSET_MASK;
+		idx[n++] = i;
+	}
+	ret = ck_reader_init(&rd, img, offs, n);
+	for (size_t k = 0; ret == 0 && k < n; k++) {
+		uint64_t e = img->l1[idx[k]], l2 = offs[k], rc;
+		unsigned dirty = 0;
+		uint8_t *tab;
+
+		ck_work(ck, 1);
+		if (ck_stored(ck, l2 >> g->cluster_bits, &rc) < 0) {
+			(void)ck_reader_next(&rd, &tab);   /* unused, but keeps the list in step */
+			continue;
+		}
+		if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
+			res->corruptions++;
+			ck_msg(ck, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
+			       " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", idx[k], e, rc);
+			if (repair) {
+				uint64_t v = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
+
+				ret = ck_write_l1_entry(ck, idx[k], v);
+				if (ret == 0) {
+					res->corruptions--;
+					res->corruptions_fixed++;
+				} else if (ret == -EBUSY) {
+					ret = 0;    /* refused: the table overlaps metadata */
+				} else {
+					res->check_errors++;
+					break;
+				}
+			}
+		}
+		ret = ck_reader_next(&rd, &tab);
+		if (ret < 0) {
+			ck_msg(ck, "ERROR: Could not read L2 table: %s", strerror(-ret));
+			res->check_errors++;
+			break;
+		}
+		for (uint64_t j = 0; j < g->l2_entries; j++) {
+			uint8_t *p = tab + j * g->l2_entry_bytes;
+			uint64_t le = uq_be64(p);
+			enum ck_ctype t = le ? ck_classify(g, le) : CT_UNALLOC;
+
+			if (t != CT_NORMAL && t != CT_ZERO_ALLOC)
+				continue;
+			if (g->external_data)
+				rc = 1;
+			else if (ck_stored(ck, (le & QCOW_L2E_OFFSET_MASK) >> g->cluster_bits,
+					   &rc) < 0)
+				continue;
+			if ((rc == 1) == !!(le & QCOW_OFLAG_COPIED))
+				continue;
+			res->corruptions++;
+			ck_msg(ck, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
+			       PRIu64, repair ? "Repairing" : "ERROR", le, rc);
+			if (repair) {
+				uq_put_be64(p, rc == 1 ? le | QCOW_OFLAG_COPIED
+						       : le & ~QCOW_OFLAG_COPIED);
+				dirty++;
+			}
+		}
+		if (!dirty)
+			continue;
+		ret = ck_write_l2(ck, l2, tab);
+		if (ret == 0) {
+			res->corruptions -= dirty;
+			res->corruptions_fixed += dirty;
+		} else if (ret == -EBUSY) {
+			ret = 0;
+		} else {
+			ck_msg(ck, "ERROR: Could not write L2 table: %s", strerror(-ret));
+			res->check_errors++;
+		}
+	}
+out:
+	ck_reader_free(&rd);
+	free(offs);
+	free(idx);
+	if (ret == -ENOMEM)
+		res->check_errors++;
+	return ret;
+}
+
+/* ---- the whole check: qemu-img check's sequence ---- */
+
+struct counters {
+	uint64_t check_errors, corruptions, leaks, corruptions_fixed, leaks_fixed;
+};
+
+static struct counters save_counters(const struct uq_check_result *r)
+{
+	return (struct counters){ r->check_errors, r->corruptions, r->leaks,
+				  r->corruptions_fixed, r->leaks_fixed };
+}
+
+static void restore_counters(struct uq_check_result *r, const struct counters *c)
+{
+	r->check_errors = c->check_errors;
+	r->corruptions = c->corruptions;
+	r->leaks = c->leaks;
+	r->corruptions_fixed = c->corruptions_fixed;
+	r->leaks_fixed = c->leaks_fixed;
+}
+
+/* After a rebuild: recount, and free what the old structures held (the
+ * "fresh leaks", which like qemu are not reported as fixed leaks). */
+static int after_rebuild(struct ck *ck, unsigned flags, uint64_t *highest)
+{
+	struct uq_check_result *res = ck->res;
+	struct counters old = save_counters(res), saved;
+	uint64_t nl2, fresh = 0;
+	int ret;
+
+	res->corruptions = res->leaks = 0;
+	ret = ck_load(ck, &nl2);
+	if (ret == 0)
+		ret = ck_calculate(ck, 0);
+	if (ret < 0)
+		return ret;
+	saved = save_counters(res);
+	restore_counters(res, &(struct counters){ 0 });
+	if (flags & UQ_CHECK_REPAIR_LEAKS) {
+		ret = ck_compare(ck, UQ_CHECK_REPAIR_LEAKS, highest);
+		if (ck->rebuild)
+			ck_msg(ck, "ERROR rebuilt refcount structure is still broken");
+		fresh = res->leaks;
+	} else {
+		/* only the stored refcounts are wanted: no lines, no counts */
+		void (*report)(void *, const char *) = res->report;
+
+		res->report = NULL;
+		ret = ck_compare(ck, 0, highest);
+		res->report = report;
+	}
+	restore_counters(res, &saved);
+	if (res->corruptions < old.corruptions)
+		res->corruptions_fixed += old.corruptions - res->corruptions;
+	if (res->leaks < old.leaks)
+		res->leaks_fixed += old.leaks - res->leaks;
+	res->leaks += fresh;
+	return ret;
+}
+
+static int run(struct ck *ck, unsigned flags)
+{
+	uq_image *img = ck->img;
+	struct uq_check_result *res = ck->res;
+	struct counters pre;
+	uint64_t highest = 0, nl2;
+	int ret;
+
+	ret = ck_sync(ck);
+	if (ret == 0)
+		ret = ck_load(ck, &nl2);
+	if (ret == 0)
+		ret = ck_calculate(ck, flags);
+	if (ret < 0)
+		return ret;
+	pre = save_counters(res);
+	ret = ck_compare(ck, 0, &highest);
+	if (ret < 0)
+		return ret;
+	if (ck->rebuild && (flags & UQ_CHECK_REPAIR_ERRORS)) {
+		ck_msg(ck, "Rebuilding refcount structure");
+		ret = ck_rebuild(ck);
+		if (ret < 0) {
+			ck_msg(ck, "ERROR rebuilding the refcount structure: %s", uq_errmsg());
+			res->check_errors++;
+			return ret;
+		}
+		res->rebuilt = 1;
+		ret = after_rebuild(ck, flags, &highest);
+	} else if (flags) {
+		if (ck->rebuild) {
+			ck_msg(ck, "ERROR need to rebuild refcount structures");
+			res->check_errors++;
+			return uq_seterr(-EIO, "%s: the refcount structures need a rebuild "
+					 "(check -r all)", img->path);
+		}
+		if (res->leaks || res->corruptions) {
+			restore_counters(res, &pre);
+			ret = ck_compare(ck, flags, &highest);
+		}
+	}
+	if (ret < 0)
+		return ret;
+	ck_report_overlaps(ck);
+	ret = check_copied(ck, flags);
+	if (ret < 0)
+		return ret;
+	res->image_end_offset = (highest + 1) * ck->cs;
+	if (flags && !res->check_errors && !res->corruptions)
+		ret = ck_mark_clean(ck);
+	return ret;
+}
+
+int uq_check(uq_image *img, unsigned flags, struct uq_check_result *out)
+{
+	struct uq_check_result res = { 0 };
+	size_t n = out->struct_size < sizeof(res) ? out->struct_size : sizeof(res);
+	struct ck ck = { 0 };
+	int ret, ret2;
+
+	/* callers built against an older, shorter struct get what fits */
+	memcpy(&res, out, n);
+	memset(&res.check_errors, 0, sizeof(res) - offsetof(struct uq_check_result,
+							    check_errors));
+	uq_errclear();
+	if (img->fmt != UQ_FMT_QCOW2) {
+		ret = uq_seterr(-ENOTSUP, "This image format does not support checks");
+		goto out;
+	}
+	if (flags & ~UQ_CHECK_REPAIR_ALL) {
+		ret = uq_seterr(-EINVAL, "unknown check flags 0x%x", flags);
+		goto out;
+	}
+	if (flags && !(img->flags & UQ_OPEN_RDWR)) {
+		ret = uq_seterr(-EROFS, "%s: repairs need the image opened read-write",
+				img->path);
+		goto out;
+	}
+	ck.img = img;
+	ck.res = &res;
+	ck.cs = img->g.cluster_size;
+	ck.repair_handle = (img->flags & UQ_OPEN_REPAIR) != 0;
+	res.dirty = !!(img->h.incompatible_features & QCOW_INCOMPAT_DIRTY);
+	res.corrupt = !!(img->h.incompatible_features & QCOW_INCOMPAT_CORRUPT);
+	res.total_clusters = (img->size + ck.cs - 1) / ck.cs;
+	ret = run(&ck, flags);
+	ret2 = flags ? ck_finish(&ck) : 0;
+	ck_free(&ck);
+	if (ret == 0)
+		ret = ret2;
+out:
+	memcpy(out, &res, n);
+	return ret;
+}
+
