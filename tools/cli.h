@@ -37,6 +37,7 @@ struct cli_verb {
 };
 
 extern const struct cli_verb cmd_info;
+extern const struct cli_verb cmd_check;
 extern const struct cli_verb cmd_map;
 extern const struct cli_verb cmd_convert;
 extern const struct cli_verb cmd_compare;

@@ -12,6 +12,7 @@
 
 static const struct cli_verb *const verbs[] = {
 	&cmd_info,
+	&cmd_check,
 	&cmd_map,
 	&cmd_convert,
 	&cmd_compare,
