@@ -557,8 +557,11 @@ static bool have_qemu_img(void)
 {
 	static int have = -1;
 
-	if (have < 0)
+	if (have < 0) {
 		have = system("qemu-img --version >/dev/null 2>&1") == 0;
+		if (!have)
+			fprintf(stderr, "qemu-img not found: its checks are skipped\n");
+	}
 	return have;
 }
 
@@ -631,6 +634,49 @@ static void check_refcounts(struct run *R, uq_image *img, const char *label)
 		fprintf(stderr, "  ... %llu clusters in all have too low a refcount\n",
 			(unsigned long long)bad);
 	free(counts);
+}
+
+/* COPIED must be set exactly where the refcount is 1 (qemu-img check counts
+ * a mismatch as corruption): on L1 entries and on allocated L2 entries. */
+static void check_copied(struct run *R, uq_image *img, const char *label)
+{
+	const struct uq_geom *g = &img->g;
+	uint8_t *tab = malloc(g->cluster_size);
+	unsigned long bad = 0;
+
+	if (!tab)
+		exit(1);
+	for (uint32_t i = 0; i < img->h.l1_size && bad < 3; i++) {
+		uint64_t l2_off, rc;
+		bool copied;
+
+		if (uq_l1_decode(g, img->l1[i], &l2_off, &copied) < 0 || !l2_off)
+			continue;   /* bad entries are uq_count_refs's to report */
+		if (uq_rc_get(img, l2_off >> g->cluster_bits, &rc) == 0 && (rc == 1) != copied &&
+		    !bad++)
+			fail(R, "%s: L1 entry %u: L2 table 0x%llx has refcount %llu but COPIED is %s",
+			     label, i, (unsigned long long)l2_off, (unsigned long long)rc,
+			     copied ? "set" : "clear");
+		if (io_pread_full(img->file, tab, g->cluster_size, l2_off) < 0)
+			continue;
+		for (uint64_t j = 0; j < g->l2_entries && bad < 3; j++) {
+			const uint8_t *e = tab + j * g->l2_entry_bytes;
+			struct uq_l2map m;
+
+			if (uq_l2_decode(g, uq_be64(e), g->extended_l2 ? uq_be64(e + 8) : 0, &m) < 0 ||
+			    m.type == UQ_C_COMPRESSED || !m.host_off)
+				continue;
+			if (uq_rc_get(img, m.host_off >> g->cluster_bits, &rc) == 0 &&
+			    (rc == 1) != m.copied && !bad++)
+				fail(R, "%s: guest cluster 0x%llx: host cluster 0x%llx has refcount "
+				     "%llu but COPIED is %s", label,
+				     (unsigned long long)(((uint64_t)i * g->l2_entries + j) *
+							  g->cluster_size),
+				     (unsigned long long)m.host_off, (unsigned long long)rc,
+				     m.copied ? "set" : "clear");
+		}
+	}
+	free(tab);
 }
 
 /* Could the guest read p at sector s? The flushed contents, or what one
@@ -796,6 +842,7 @@ int check_image(struct run *R, const struct io_fault_image *st, size_t level,
 		return ret;
 	}
 	check_refcounts(R, img, label);
+	check_copied(R, img, label);
 	check_data(R, img, level, gop_lo, gop_hi, label);
 	ret = uq_close(img);
 	if (ret < 0)

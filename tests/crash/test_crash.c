@@ -365,7 +365,8 @@ static void usage(void)
 		"WORKLOAD|all\nworkloads:");
 	for (size_t i = 0; i < NWORKLOADS; i++)
 		fprintf(stderr, " %s", workloads[i].name);
-	fputc('\n', stderr);
+	fprintf(stderr, "\n  -v explains each failure (record ops, where a bad sector lives)\n"
+		"  UQ_CRASH_TRACE=1 logs guest operations for crash_replay\n");
 	exit(2);
 }
 
