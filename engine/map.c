@@ -72,7 +72,9 @@ static int unit_status(uq_image *img, uint64_t off, uint64_t len, struct uq_exte
 		uint64_t tspan = g->cluster_size << g->l2_bits;
 		uint64_t l1i = (off >> g->cluster_bits) >> g->l2_bits;
 
-		if (l1i >= img->h.l1_size || !img->l1[l1i])
+		if (l1i >= img->h.l1_size)
+			run = len;   /* past the L1 table (a snapshot's view): all of it */
+		else if (!img->l1[l1i])
 			run = tspan - (off & (tspan - 1));
 		unalloc = 1;
 		break;
