@@ -594,8 +594,11 @@ int uq_snapshot_create(uq_image *img, const char *name)
 		free(copy);
 		return ret;
 	}
-	/* the copy, its refcounts and every increment are durable, then the
-	 * flags go, then the table makes the snapshot visible */
+	/* COPIED goes first (a crash then leaves flags clear on clusters
+	 * still counted once: only a needless copy on the next write), then
+	 * the copy and every increment become durable, then the table makes
+	 * the snapshot visible. The flags are computed from the raised counts
+	 * in memory. */
 	for (uint32_t i = 0; i < n; i++)
 		copy[i] = img->l1[i] & ~QCOW_OFLAG_COPIED;
 	if (n && uq_meta_overlaps(img, off, (uint64_t)n * 8))
@@ -606,9 +609,9 @@ int uq_snapshot_create(uq_image *img, const char *name)
 		ret = write_l1(img, off, copy, n, true);
 	free(copy);
 	if (ret == 0)
-		ret = rc_sync(img);
-	if (ret == 0)
 		ret = uq_snap_fix_copied(img);
+	if (ret == 0)
+		ret = rc_sync(img);
 	if (ret < 0)
 		return failed(img, ret);
 	clock_gettime(CLOCK_REALTIME, &ts);

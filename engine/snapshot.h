@@ -28,7 +28,7 @@ int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta
 
 /* Set COPIED in the active L1 table and in the L2 tables it reaches
  * exactly where the refcount is 1, writing changed tables to the file
- * (cached copies are dropped). Refcounts must already be on disk. */
+ * (cached copies are dropped), from the refcounts in memory. */
 int uq_snap_fix_copied(uq_image *img);
 
 #endif

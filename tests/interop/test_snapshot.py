@@ -131,12 +131,14 @@ def raw_of(env, img, snap=None, tool='uqcow'):
 def expect_content(env, img, m, when, snap=None, tool='uqcow'):
     got = raw_of(env, img, snap, tool)
     if snap and tool == 'qemu':
-        # qemu-img convert -l keeps the active virtual size; uqcow uses the
-        # snapshot's own (its disk size field)
+        # qemu-img convert -l keeps the active virtual size (zeros past the
+        # snapshot's end, or its data cut off); uqcow uses the snapshot's own
         if len(got) > len(m.b) and not any(got[len(m.b):]):
             got = got[:len(m.b)]
-        elif len(got) < len(m.b) and not any(m.b[len(got):]):
-            got += bytes(len(m.b) - len(got))
+        elif len(got) < len(m.b):
+            cut = Mirror(0)
+            cut.b = m.b[:len(got)]
+            m = cut
     if got != bytes(m.b):
         n = min(len(got), len(m.b))
         at = next((i for i in range(n) if got[i] != m.b[i]), n)
@@ -503,7 +505,9 @@ def random_workload(env, bits, seed, steps):
         elif r < 0.76 and snaps:
             name = rnd.choice(sorted(snaps))
             before = sha(env.path(img))
-            by_qemu = rnd.random() < 0.2
+            # qemu-img raises every count before lowering the old ones:
+            # at narrow widths it overflows where uqcow doesn't
+            by_qemu = rnd.random() < 0.2 and bits >= 8
             if by_qemu:
                 rc, err = env.qimg('snapshot', '-a', name, img)[0], ''
             else:
