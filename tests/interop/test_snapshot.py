@@ -453,6 +453,35 @@ def extra_data(env):
     list_same(env, img, 'unknown extra data')
 
 
+def limits(env):
+    """65536 snapshots is the most qcow2 allows: one more is refused with the
+    file unchanged. The table is crafted (entries without an L1 table)."""
+    img = 'full.qcow2'
+    env.qimg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', img, '1M')
+    p = env.path(img)
+    tab = bytearray()
+    for i in range(65536):
+        sid, name = str(i + 1).encode(), b'f%d' % i
+        e = struct.pack('>QIHHIIQII', 0, 0, len(sid), len(name), 0, 0, 0, 0, 16) + \
+            struct.pack('>QQ', 0, 1 << 20) + sid + name
+        tab += e + bytes(-len(e) % 8)
+    with open(p, 'r+b') as f:
+        end = (f.seek(0, 2) + 65535) & ~65535
+        f.seek(end)
+        f.write(tab)
+        f.seek(60)
+        f.write(struct.pack('>IQ', 65536, end))
+    out = env.uq('snapshot', '-l', img)[1].splitlines()
+    if len(out) != 65538 or not out[-1].startswith('65536 ') or ' f65535 ' not in out[-1]:
+        raise Fail('listing 65536 snapshots: %d lines, last %r' % (len(out), out[-1:]))
+    before = sha(p)
+    rc, _, err = env.uq('snapshot', '-c', 'one-more', img, ok=(1,))
+    if '65536' not in err or sha(p) != before:
+        raise Fail('snapshot 65537: %r, file %s' % (err, 'unchanged' if sha(p) == before
+                                                     else 'changed'))
+    expect_content(env, img, Mirror(1 << 20), '65536 snapshots', 'f65535')
+
+
 # ---- randomized workload ----
 
 def random_workload(env, bits, seed, steps):
@@ -577,7 +606,7 @@ def main():
         tests.append(('qemu-made.' + name, lambda e, n=name, o=opts: qemu_made(e, n, o)))
         tests.append(('uqcow-made.' + name, lambda e, n=name, o=opts: uqcow_made(e, n, o)))
     tests += [('disk-size', disk_size), ('refcount-bits-1', refcount_one),
-              ('narrow-widths', narrow), ('extra-data', extra_data)]
+              ('narrow-widths', narrow), ('extra-data', extra_data), ('limits', limits)]
     for bits in (2, 4, 8, 16, 32, 64):
         tests.append(('random.rb%d' % bits, lambda e, b=bits: random_workload(
             e, b, a.seed * 1000 + b, steps)))
