@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+/* Discard and write-zeroes of an allocated range: every iteration builds a
+ * preallocated image (untimed) and times one request over all of it. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+#define CLUSTER 65536u
+
+enum op { OP_DISCARD, OP_ZERO, OP_ZERO_UNMAP };
+
+/* One request over [0, size) of a fully allocated image, plus the flush
+ * that puts its metadata on disk. */
+static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version,
+		uint64_t size)
+{
+	struct bench_meta m = { 0 };
+	uint64_t total = 0, disk = 0;
+	char path[4200];
+
+	bench_path(path, sizeof(path), "discard.qcow2");
+	while (bench_next(r)) {
+		uq_image *img;
+		double t0, t1;
+		int ret;
+
+		/* falloc: every cluster allocated and backed by file blocks,
+		 * so that freeing them has real work to do */
+		ret = bench_create(path, size, CLUSTER, bits, version, UQ_PREALLOC_FALLOC, NULL);
+		if (ret < 0) {
+			bench_skip(r, bench_errmsg());
+			break;
+		}
+		if (bench_open(r, path, true, false, 0, &img) < 0)
+			break;
+		t0 = bench_now();
+		if (op == OP_DISCARD)
+			ret = uq_discard(img, 0, size);
+		else
+			ret = uq_write_zeroes(img, 0, size, op == OP_ZERO_UNMAP ? UQ_ZERO_UNMAP : 0);
+		if (ret == 0)
+			ret = uq_flush(img);
+		t1 = bench_now();
+		if (ret < 0)
+			bench_skip(r, uq_errmsg());
+		uq_close(img);
+		if (ret < 0)
+			break;
+		bench_iteration_time(r, t1 - t0);
+		total += size;
+		if (bench_meta(path, &m) < 0) {
+			bench_skip(r, bench_errmsg());
+			break;
+		}
+		disk = m.disk_bytes;
+	}
+	unlink(path);
+	bench_counter(r, "clusters_per_s", (double)(total / CLUSTER), BENCH_RATE);
+	/* what is still allocated afterwards: 0 after discard or unmap,
+	 * every cluster when zeroing keeps the allocation */
+	bench_counter(r, "data_clusters_after", (double)m.data_clusters, 0);
+	/* file blocks still in use: whether freed clusters were punched */
+	bench_counter(r, "disk_bytes_after", (double)disk, BENCH_1024);
+	bench_bytes(r, (int64_t)total);
+}
+
+/* args: refcount_bits, version, size */
+void bench_discard(struct bench_run *r)
+{
+	run(r, OP_DISCARD, (uint32_t)r->arg[0], (uint32_t)r->arg[1], (uint64_t)r->arg[2]);
+}
+
+/* args: refcount_bits, version, unmap, size */
+void bench_write_zeroes(struct bench_run *r)
+{
+	run(r, r->arg[2] ? OP_ZERO_UNMAP : OP_ZERO, (uint32_t)r->arg[0], (uint32_t)r->arg[1],
+	    (uint64_t)r->arg[3]);
+}

@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: MIT
+/* Helpers the benchmark bodies share: the scratch directory and the files
+ * kept in it, image creation, metadata accounting and queue-depth drivers. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "format.h"
+#include "internal.h"
+
+volatile uint64_t bench_sink;
+
+static char dir[4096];
+static pthread_mutex_t dir_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local char errmsg[512];
+
+static void seterr(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
+	va_end(ap);
+}
+
+const char *bench_errmsg(void)
+{
+	return errmsg;
+}
+
+enum bench_scale bench_scale(void)
+{
+	const char *s = getenv("UQCOW_BENCH_SCALE");
+
+	if (s && !strcmp(s, "small"))
+		return BENCH_SMALL;
+	if (s && !strcmp(s, "large"))
+		return BENCH_LARGE;
+	return BENCH_DEFAULT;
+}
+
+double bench_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+const char *bench_dir(void)
+{
+	pthread_mutex_lock(&dir_lock);
+	if (!dir[0]) {
+		const char *base = getenv("UQCOW_BENCH_DIR");
+
+		snprintf(dir, sizeof(dir), "%s/uqcow-bench.XXXXXX",
+			 base && *base ? base : "/tmp");
+		if (!mkdtemp(dir)) {
+			fprintf(stderr, "uqcow-bench: can't make a directory %s: %s\n",
+				dir, strerror(errno));
+			exit(1);
+		}
+	}
+	pthread_mutex_unlock(&dir_lock);
+	return dir;
+}
+
+void bench_path(char *buf, size_t len, const char *name)
+{
+	snprintf(buf, len, "%s/%s", bench_dir(), name);
+}
+
+static void (*cleanups[16])(void);
+static unsigned ncleanups;
+
+void bench_on_cleanup(void (*fn)(void))
+{
+	pthread_mutex_lock(&dir_lock);
+	if (ncleanups < sizeof(cleanups) / sizeof(cleanups[0]))
+		cleanups[ncleanups++] = fn;
+	pthread_mutex_unlock(&dir_lock);
+}
+
+void bench_remove_files(void)
+{
+	DIR *d;
+	struct dirent *e;
+	char p[4352];
+
+	/* no lock: also called from a signal handler, when nothing else runs
+	 * on this thread's behalf any more */
+	if (!dir[0] || !(d = opendir(dir)))
+		return;
+	/* flat: bodies never make subdirectories */
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
+		unlink(p);
+	}
+	closedir(d);
+	rmdir(dir);
+}
+
+void bench_cleanup(void)
+{
+	/* last registered first: later users may hold earlier ones' files */
+	while (ncleanups)
+		cleanups[--ncleanups]();
+	pthread_mutex_lock(&dir_lock);
+	bench_remove_files();
+	dir[0] = 0;
+	pthread_mutex_unlock(&dir_lock);
+}
+
+int bench_fixture(char *buf, size_t len, const char *name,
+		  int (*make)(const char *path, void *arg), void *arg)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	char tmp[4200];
+	struct stat st;
+	int ret = 0;
+
+	bench_path(buf, len, name);
+	pthread_mutex_lock(&lock);
+	if (stat(buf, &st) < 0) {
+		/* made under another name and renamed: a failed make leaves
+		 * nothing that a later run would take for finished */
+		snprintf(tmp, sizeof(tmp), "%s.part", buf);
+		ret = make(tmp, arg);
+		if (ret == 0 && rename(tmp, buf) < 0)
+			ret = -errno;
+		if (ret < 0)
+			unlink(tmp);
+	}
+	pthread_mutex_unlock(&lock);
+	return ret;
+}
+
+uint64_t bench_full_cache(uint64_t size, uint32_t cluster)
+{
+	uint64_t tables = (size / cluster + cluster / 8 - 1) / (cluster / 8);
+
+	return (tables + 2) * cluster;
+}
+
+int bench_create(const char *path, uint64_t size, uint32_t cluster,
+		 uint32_t refcount_bits, uint32_t version, enum uq_prealloc prealloc,
+		 const char *backing)
+{
+	struct uq_create_opts o = {
+		.struct_size = sizeof(o),
+		.size = size,
+		.cluster_size = cluster,
+		.refcount_bits = refcount_bits,
+		.version = version,
+		.backing_file = backing,
+		.backing_format = backing ? "qcow2" : NULL,
+	};
+	uq_image *img;
+	int ret = uq_create(path, &o);
+
+	if (ret < 0) {
+		seterr("create %s: %s", path, uq_errmsg());
+		return ret;
+	}
+	if (prealloc == UQ_PREALLOC_OFF)
+		return 0;
+	/* Preallocation is setup, not what is measured: done here through
+	 * a cache that maps the whole image, so that its speed doesn't
+	 * depend on how the default cache copes with it. */
+	ret = bench_open(NULL, path, true, false, bench_full_cache(size, cluster ? cluster : 65536),
+			 &img);
+	if (ret < 0)
+		return ret;
+	ret = uq_preallocate(img, prealloc);
+	if (ret < 0)
+		seterr("preallocate %s: %s", path, uq_errmsg());
+	uq_close(img);
+	return ret;
+}
+
+int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
+	       uint64_t l2_cache, uq_image **img)
+{
+	struct uq_open_opts o = {
+		.struct_size = sizeof(o),
+		.flags = (rdwr ? UQ_OPEN_RDWR : 0) | (direct ? UQ_OPEN_DIRECT : 0),
+		.l2_cache_size = l2_cache,
+	};
+	int ret = uq_open(path, &o, img);
+
+	if (ret < 0) {
+		seterr("open %s%s: %s", path, direct ? " (O_DIRECT)" : "", uq_errmsg());
+		/* a file system without O_DIRECT says EINVAL at open */
+		if (r && direct && ret == -EINVAL)
+			bench_unavailable(r, errmsg);
+		else if (r)
+			bench_skip(r, errmsg);
+	}
+	return ret;
+}
+
+void *bench_buf(size_t len, int pattern)
+{
+	void *p = NULL;
+
+	if (posix_memalign(&p, 4096, len ? len : 4096))
+		return NULL;
+	memset(p, pattern, len);
+	return p;
+}
+
+int bench_fill(uq_image *img, uint64_t len)
+{
+	const size_t chunk = 1u << 20;
+	uint8_t *buf = bench_buf(chunk, 0);
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (uint64_t off = 0; off < len && ret == 0; off += chunk) {
+		size_t n = len - off < chunk ? (size_t)(len - off) : chunk;
+		ssize_t w;
+
+		/* distinct content per MiB, never all zeros */
+		memset(buf, (int)(0x40 + (off >> 20) % 64), n);
+		w = uq_pwrite(img, buf, n, off, 0);
+		if (w < 0) {
+			seterr("fill at %llu: %s", (unsigned long long)off, uq_errmsg());
+			ret = (int)w;
+		}
+	}
+	free(buf);
+	if (ret == 0 && (ret = uq_flush(img)) < 0)
+		seterr("flush: %s", uq_errmsg());
+	return ret;
+}
+
+int bench_make_full(const char *path, void *arg)
+{
+	uint64_t span = *(const uint64_t *)arg;
+	uq_image *img;
+	int ret = bench_create(path, span, 65536, 16, 3, UQ_PREALLOC_OFF, NULL);
+
+	if (ret == 0)
+		ret = bench_open(NULL, path, true, false, bench_full_cache(span, 65536), &img);
+	if (ret == 0) {
+		ret = bench_fill(img, span);
+		uq_close(img);
+	}
+	return ret;
+}
+
+void bench_full_name(char *buf, size_t len, uint64_t span)
+{
+	snprintf(buf, len, "full-%llu.qcow2", (unsigned long long)span);
+}
+
+/* ---- metadata accounting ---- */
+
+static int pread_all(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0) {       /* past the end: reads as zeros */
+			memset((uint8_t *)buf + done, 0, len - done);
+			break;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+int bench_meta(const char *path, struct bench_meta *m)
+{
+	int fd = open(path, O_RDONLY);
+	struct uq_header h;
+	struct uq_geom g;
+	struct stat st;
+	uint8_t head[4096];
+	uint8_t *tab = NULL, *l2 = NULL;
+	int ret;
+
+	memset(m, 0, sizeof(*m));
+	if (fd < 0)
+		return -errno;
+	ret = fstat(fd, &st) < 0 ? -errno : pread_all(fd, head, sizeof(head), 0);
+	if (ret == 0)
+		ret = uq_header_decode(head, sizeof(head), (uint64_t)st.st_size, &h);
+	if (ret < 0)
+		goto out;
+	uq_geom_init(&h, &g);
+	m->file_length = (uint64_t)st.st_size;
+	m->disk_bytes = (uint64_t)st.st_blocks * 512;
+
+	/* refcount blocks: the refcount table's entries in use */
+	size_t rt_len = (size_t)h.refcount_table_clusters << h.cluster_bits;
+
+	tab = malloc(rt_len);
+	ret = tab ? pread_all(fd, tab, rt_len, h.refcount_table_offset) : -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < rt_len / 8; i++)
+		m->refcount_blocks += uq_be64(tab + 8 * i) != 0;
+	free(tab);
+	tab = NULL;
+	if (ret < 0)
+		goto out;
+
+	/* L2 tables and the data clusters they map */
+	size_t l1_len = (size_t)h.l1_size * 8;
+
+	tab = malloc(l1_len ? l1_len : 8);
+	l2 = malloc(g.cluster_size);
+	ret = tab && l2 ? pread_all(fd, tab, l1_len, h.l1_table_offset) : -ENOMEM;
+	for (size_t i = 0; ret == 0 && i < h.l1_size; i++) {
+		uint64_t l2_off;
+		bool copied;
+
+		if (uq_l1_decode(&g, uq_be64(tab + 8 * i), &l2_off, &copied) < 0 || !l2_off)
+			continue;
+		m->l2_tables++;
+		ret = pread_all(fd, l2, g.cluster_size, l2_off);
+		for (uint64_t j = 0; ret == 0 && j < g.l2_entries; j++) {
+			const uint8_t *e = l2 + j * g.l2_entry_bytes;
+			struct uq_l2map map;
+
+			if (uq_l2_decode(&g, uq_be64(e), g.extended_l2 ? uq_be64(e + 8) : 0,
+					 &map) < 0)
+				continue;
+			m->data_clusters += map.host_off != 0 && map.type != UQ_C_COMPRESSED;
+		}
+	}
+	if (ret == 0) {
+		uint64_t data = m->data_clusters * g.cluster_size;
+
+		m->meta_bytes = data < m->file_length ? m->file_length - data : 0;
+	}
+out:
+	free(tab);
+	free(l2);
+	close(fd);
+	if (ret < 0)
+		seterr("metadata of %s: %s", path, strerror(-ret));
+	return ret;
+}
+
+uint64_t bench_cache_bytes(uq_image *img)
+{
+	uint64_t bytes = 0;
+
+	if (img->fmt != UQ_FMT_QCOW2)
+		return 0;
+	if (img->l2c)
+		bytes += (uint64_t)l2c_slots(img->l2c) * img->g.cluster_size;
+	for (uint64_t i = 0; img->rb && i < img->reftable_entries; i++)
+		bytes += img->rb[i] ? img->g.cluster_size : 0;
+	return bytes;
+}
+
+/* ---- queue-depth drivers ---- */
+
+static uint64_t next_off(const struct bench_io *w, uint64_t *seed, uint64_t i)
+{
+	uint64_t step = w->step ? w->step : w->io;
+
+	if (w->random)
+		return (bench_rand(seed) % (w->span / w->io)) * w->io;
+	return ((w->first + i) % (w->span / step)) * step;
+}
+
+struct drv;
+
+struct slot {
+	struct drv *d;
+	uint8_t *buf;
+	struct slot *next;
+};
+
+struct drv {
+	struct slot *slots, *free;
+	uint64_t done;
+	int err;
+};
+
+static void slot_done(void *arg, ssize_t res)
+{
+	struct slot *s = arg;
+	struct drv *d = s->d;
+
+	if (res < 0 && !d->err)
+		d->err = (int)res;
+	s->next = d->free;
+	d->free = s;
+	d->done++;
+}
+
+static int slots_init(struct drv *d, const struct bench_io *w)
+{
+	memset(d, 0, sizeof(*d));
+	d->slots = calloc(w->qd, sizeof(*d->slots));
+	if (!d->slots)
+		return -ENOMEM;
+	for (unsigned i = 0; i < w->qd; i++) {
+		d->slots[i].d = d;
+		d->slots[i].buf = bench_buf(w->io, 0x5a + (int)i);
+		if (!d->slots[i].buf)
+			return -ENOMEM;
+		d->slots[i].next = d->free;
+		d->free = &d->slots[i];
+	}
+	return 0;
+}
+
+static void slots_free(struct drv *d, const struct bench_io *w)
+{
+	for (unsigned i = 0; d->slots && i < w->qd; i++)
+		free(d->slots[i].buf);
+	free(d->slots);
+}
+
+double bench_qd_image(uq_image *img, const struct bench_io *w)
+{
+	uint64_t seed = w->seed, issued = 0;
+	struct drv d;
+	double t0, t1;
+	int ret = slots_init(&d, w);
+
+	t0 = bench_now();
+	while (ret == 0 && d.done < w->n && !d.err) {
+		/* top the queue up, then wait for at least one completion */
+		while (d.free && issued < w->n) {
+			struct slot *s = d.free;
+			uint64_t off = next_off(w, &seed, issued);
+
+			d.free = s->next;
+			ret = w->write ? uq_aio_write(img, s->buf, w->io, off, 0, slot_done, s)
+				       : uq_aio_read(img, s->buf, w->io, off, slot_done, s);
+			if (ret < 0)
+				break;
+			issued++;
+		}
+		if (ret == 0) {
+			ret = uq_poll(img, 1);
+			ret = ret < 0 ? ret : 0;
+		}
+	}
+	/* nothing may complete into the freed slots */
+	while (d.done < issued && uq_poll(img, 1) > 0)
+		;
+	t1 = bench_now();
+	if (ret == 0)
+		ret = d.err;
+	if (ret < 0)
+		seterr("%s: %s", w->write ? "write" : "read", uq_errmsg());
+	slots_free(&d, w);
+	return ret < 0 ? ret : t1 - t0;
+}
+
+double bench_qd_raw(int fd, const struct bench_io *w)
+{
+	struct io_uring ring;
+	uint64_t seed = w->seed, issued = 0, done = 0;
+	struct drv d;
+	double t0, t1;
+	int ret = io_uring_queue_init(w->qd, &ring, 0);
+
+	if (ret < 0) {
+		seterr("io_uring_queue_init: %s", strerror(-ret));
+		return ret == -EPERM ? -ENOSYS : ret;
+	}
+	ret = slots_init(&d, w);
+	t0 = bench_now();
+	while (ret == 0 && done < w->n) {
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+
+		while (d.free && issued < w->n) {
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+			struct slot *s = d.free;
+			uint64_t off = next_off(w, &seed, issued);
+
+			if (!sqe)
+				break;
+			d.free = s->next;
+			if (w->write)
+				io_uring_prep_write(sqe, fd, s->buf, (unsigned)w->io, off);
+			else
+				io_uring_prep_read(sqe, fd, s->buf, (unsigned)w->io, off);
+			io_uring_sqe_set_data(sqe, s);
+			issued++;
+		}
+		ret = io_uring_submit_and_wait(&ring, 1);
+		if (ret < 0)
+			break;
+		ret = 0;
+		io_uring_for_each_cqe(&ring, head, cqe) {
+			struct slot *s = io_uring_cqe_get_data(cqe);
+
+			if (cqe->res != (int)w->io && !ret)
+				ret = cqe->res < 0 ? cqe->res : -EIO;
+			s->next = d.free;
+			d.free = s;
+			done++;
+			seen++;
+		}
+		io_uring_cq_advance(&ring, seen);
+	}
+	t1 = bench_now();
+	if (ret < 0)
+		seterr("raw %s: %s", w->write ? "write" : "read", strerror(-ret));
+	io_uring_queue_exit(&ring);
+	slots_free(&d, w);
+	return ret < 0 ? ret : t1 - t0;
+}
