@@ -537,7 +537,8 @@ static int snap_size(uq_image *img, const struct uq_snapshot_raw *sn, const char
 	return 0;
 }
 
-static uint32_t next_id(const uq_image *img)
+/* qemu's rule: one more than the largest numeric ID. */
+static unsigned long next_id(const uq_image *img)
 {
 	unsigned long max = 0;
 
@@ -547,7 +548,7 @@ static uint32_t next_id(const uq_image *img)
 		if (v > max)
 			max = v;
 	}
-	return (uint32_t)(max + 1);
+	return max + 1;
 }
 
 int uq_snapshot_create(uq_image *img, const char *name)
@@ -615,7 +616,7 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	if (ret < 0)
 		return failed(img, ret);
 	clock_gettime(CLOCK_REALTIME, &ts);
-	snprintf(id, sizeof(id), "%u", next_id(img));
+	snprintf(id, sizeof(id), "%lu", next_id(img));
 	s.l1_table_offset = off;
 	s.l1_size = n;
 	s.id = (const uint8_t *)id;

@@ -42,6 +42,7 @@ extern const struct cli_verb cmd_map;
 extern const struct cli_verb cmd_convert;
 extern const struct cli_verb cmd_compare;
 extern const struct cli_verb cmd_io;
+extern const struct cli_verb cmd_bench;
 extern const struct cli_verb cmd_snapshot;
 
 /* Long options shared by every verb (and accepted before the verb).

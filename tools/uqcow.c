@@ -17,6 +17,7 @@ static const struct cli_verb *const verbs[] = {
 	&cmd_convert,
 	&cmd_compare,
 	&cmd_io,
+	&cmd_bench,
 	&cmd_snapshot,
 };
 
