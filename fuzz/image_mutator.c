@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-/* Structure-aware mutator for image_read: decodes the header and aims at
+/* Structure-aware mutator for image_read and image_ops: decodes the header and aims at
  * one field (header, L1/L2/refcount table entry, snapshot, extension) with
  * a boundary value, or lets libFuzzer mutate one metadata region. */
 #include <stdbool.h>
@@ -451,8 +451,12 @@ static bool resize_file(struct mut *m)
 	return true;
 }
 
-size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
-			       unsigned int seed)
+/* Also the image half of image_ops' mutator (fuzz/image_ops.c). */
+size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
+			    unsigned int seed);
+
+size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
+			    unsigned int seed)
 {
 	struct mut m;
 	bool done = false;
@@ -488,4 +492,13 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
 	if (!done)
 		return mutate_bytes(&m, data, size, max_size);
 	return m.size;
+}
+
+/* image_read's mutator. Weak: image_ops links this file too and defines
+ * its own, which keeps the script at the end of the input intact. */
+__attribute__((weak))
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+			       unsigned int seed)
+{
+	return uq_fuzz_mutate_image(data, size, max_size, seed);
 }

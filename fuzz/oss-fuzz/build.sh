@@ -59,11 +59,14 @@ done
 rm -f "$build/libuqcow_fuzz.a"
 ar rcs "$build/libuqcow_fuzz.a" $objs
 
-# Every target with an .options file; image_read adds its mutator.
+# Every target with an .options file; the whole-image targets add the
+# structure-aware mutator.
 for opt in fuzz/*.options; do
 	t=$(basename "$opt" .options)
 	srcs="fuzz/$t.c"
-	[ "$t" = image_read ] && srcs="$srcs fuzz/image_mutator.c"
+	case $t in
+	image_read|image_ops) srcs="$srcs fuzz/image_mutator.c" ;;
+	esac"
 	tobjs=
 	for s in $srcs; do
 		o="$build/fuzz/$(basename "$s" .c).o"

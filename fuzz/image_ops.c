@@ -1,0 +1,581 @@
+// SPDX-License-Identifier: MIT
+/* Fuzz target: an image (front of the input) opened read-write from memory
+ * and driven by a small script of operations (tail of the input): writes,
+ * write-zeroes, discards, compressed writes, bursts of async writes,
+ * flushes, reopens and checks. A mirror of the guest disk follows every
+ * acknowledged write. Invariants, for images that start out consistent:
+ *   - uq_check finds no corruption, mid-script and after every reopen
+ *     (refcount >= references, nothing referenced with refcount 0, no L2
+ *     entry over metadata);
+ *   - the engine never marks such an image corrupt: that would mean it
+ *     made its own metadata overlap (e.g. handed out a live L2 table);
+ *   - every byte reads back as the mirror says, in the session and after
+ *     the image is closed and opened again from the bytes it left.
+ * Images that start out inconsistent run the same script for crashes,
+ * hangs and leaks only.
+ *
+ * Input layout: [image][op records, 16 bytes each][n], the last byte n
+ * giving the number of records (fewer if the input is too short). The
+ * custom mutator mutates the image with image_mutator.c's structure-aware
+ * mutator or the script with libFuzzer's, and keeps the split. */
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+
+#include "fault.h"
+#include "format.h"
+#include "fuzz.h"
+#include "internal.h"
+#include "uqcow.h"
+
+#define OP_SIZE 16
+#define MAX_OPS 255
+#define MAX_VSIZE (16ull << 20)    /* larger disks are opened, not scripted */
+#define MAX_OP_LEN (256u << 10)
+#define CHUNK (1u << 20)           /* readback unit */
+#define MAX_BURST 4
+
+/* image_mutator.c */
+size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
+			    unsigned int seed);
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size)
+	__attribute__((weak));
+
+enum opcode {
+	OP_WRITE,
+	OP_ZERO,
+	OP_DISCARD,
+	OP_COMPRESSED,
+	OP_FLUSH,
+	OP_REOPEN,
+	OP_CHECK,
+	OP_VERIFY,
+	OP_BURST,      /* async writes in flight together, disjoint bytes */
+	OP_COUNT
+};
+
+struct op {
+	uint8_t code, arg;
+	uint16_t aux;
+	uint64_t off;
+	uint32_t len;
+};
+
+struct sess {
+	uq_image *img;
+	struct io_fault *rec;   /* records every change: the bytes after close */
+	uint64_t vsize, cs;
+	uint8_t *mirror;        /* the guest disk as acknowledged */
+	uint8_t *known;         /* 0 where a failed request left bytes unknown */
+	uint8_t *buf;
+	bool clean;             /* started consistent: invariants apply */
+	bool compressible;      /* uq_pwrite(UQ_WRITE_COMPRESSED) is accepted */
+};
+
+static void die(const char *what, const struct sess *s, uint64_t off)
+{
+	fprintf(stderr, "image_ops: %s (offset 0x%llx, vsize %llu, cluster %llu)"
+		"; last engine message: %s\n", what, (unsigned long long)off,
+		(unsigned long long)s->vsize, (unsigned long long)s->cs,
+		uq_errmsg());
+	abort();
+}
+
+/* ---- opening and closing through the recorder ---- */
+
+static int open_rw(const uint8_t *data, size_t size, uq_image **img,
+		   struct io_fault **rec)
+{
+	struct uq_open_opts o;
+	int ret;
+
+	memset(&o, 0, sizeof(o));
+	o.struct_size = sizeof(o);
+	o.flags = UQ_OPEN_RDWR;
+	o.backend = UQ_IO_MEM;
+	o.format = UQ_FMT_QCOW2;
+	o.mem_data = data;
+	o.mem_len = size;
+	ret = uq_open("fuzz.qcow2", &o, img);
+	if (ret < 0)
+		return ret;
+	ret = io_fault_attach((*img)->file, rec);
+	if (ret < 0) {
+		uq_close(*img);
+		return ret;
+	}
+	return 0;
+}
+
+/* Close and give back the file as the engine left it. */
+static int close_take(uq_image *img, struct io_fault *rec,
+		      struct io_fault_image *out, int *close_ret)
+{
+	int ret;
+
+	*close_ret = uq_close(img);
+	ret = io_fault_crash_state(rec, io_fault_nops(rec), NULL, 0, out);
+	io_fault_free(rec);
+	return ret;
+}
+
+/* ---- guest content ---- */
+
+static void fill(uint8_t *p, size_t len, uint64_t off, uint8_t seed,
+		 bool compressible)
+{
+	uint64_t x = (off + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+
+	for (size_t i = 0; i < len; i++) {
+		if (compressible) {
+			p[i] = (uint8_t)(seed ^ ((off + i) >> 7));
+		} else {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			p[i] = (uint8_t)x;
+		}
+	}
+	/* never all zeros: a lost write must show */
+	if (len && seed)
+		p[0] |= 1;
+}
+
+static void set_unknown(struct sess *s, uint64_t off, uint64_t len)
+{
+	if (off < s->vsize)
+		memset(s->known + off, 0,
+		       (size_t)(len < s->vsize - off ? len : s->vsize - off));
+}
+
+/* Read [off, off+len) and compare with the mirror where it is known. */
+static void verify(struct sess *s, uint64_t off, uint64_t len)
+{
+	while (len) {
+		size_t n = len < CHUNK ? (size_t)len : CHUNK;
+		ssize_t r = uq_pread(s->img, s->buf, n, off);
+
+		if (r < 0 || (size_t)r != n)
+			die("read of acknowledged data failed", s, off);
+		for (size_t i = 0; i < n; i++)
+			if (s->known[off + i] && s->buf[i] != s->mirror[off + i]) {
+				fprintf(stderr, "image_ops: byte 0x%llx reads 0x%02x, "
+					"wrote 0x%02x\n",
+					(unsigned long long)(off + i), s->buf[i],
+					s->mirror[off + i]);
+				die("read back differs from what was written", s,
+				    off + i);
+			}
+		off += n;
+		len -= n;
+	}
+}
+
+/* The engine's own consistency check. */
+static void check(struct sess *s, const char *when)
+{
+	struct uq_check_result res;
+	int ret;
+
+	memset(&res, 0, sizeof(res));
+	res.struct_size = sizeof(res);
+	ret = uq_check(s->img, 0, &res);
+	if (!s->clean)
+		return;
+	if (ret < 0 || res.corruptions || res.check_errors) {
+		fprintf(stderr, "image_ops: check %s: ret %d, %llu corruptions, "
+			"%llu check errors, %llu leaks\n", when, ret,
+			(unsigned long long)res.corruptions,
+			(unsigned long long)res.check_errors,
+			(unsigned long long)res.leaks);
+		die("consistency check failed", s, 0);
+	}
+}
+
+static bool marked_corrupt(struct sess *s)
+{
+	struct uq_info info;
+
+	return (uq_get_info(s->img, &info) == 0 && info.corrupt) ||
+	       strstr(uq_errmsg(), "marked corrupt") != NULL;
+}
+
+/* ---- the script ---- */
+
+static struct op decode_op(const uint8_t *p, const struct sess *s)
+{
+	struct op o;
+	uint64_t room;
+
+	o.code = p[0] % OP_COUNT;
+	o.arg = p[1];
+	o.aux = uq_be16(p + 2);
+	o.off = s->vsize ? uq_be64(p + 4) % s->vsize : 0;
+	o.len = uq_be32(p + 12) % (MAX_OP_LEN + 1);
+	if (o.arg & 0x80)                  /* cluster aligned */
+		o.off &= ~(s->cs - 1);
+	if (o.arg & 0x40)                  /* whole clusters */
+		o.len = (uint32_t)((1 + o.len % 4) * s->cs);
+	room = s->vsize - o.off;
+	if (o.len > room)
+		o.len = (uint32_t)room;
+	return o;
+}
+
+/* Zero what a discard of [off, off+len) frees: whole clusters (the last,
+ * short one of the disk included); partial ones are left alone. */
+static void mirror_discard(struct sess *s, uint64_t off, uint64_t len)
+{
+	uint64_t end = off + len;
+	uint64_t c = (off + s->cs - 1) & ~(s->cs - 1);
+
+	for (; c < end; c += s->cs) {
+		uint64_t n = s->vsize - c < s->cs ? s->vsize - c : s->cs;
+
+		if (c + n <= end)
+			memset(s->mirror + c, 0, (size_t)n);
+	}
+}
+
+struct burst_slot {
+	bool done;
+	ssize_t res;
+};
+
+static void burst_done(void *arg, ssize_t res)
+{
+	struct burst_slot *b = arg;
+
+	if (b->done)
+		abort();   /* a completion reported twice */
+	b->done = true;
+	b->res = res;
+}
+
+/* Up to MAX_BURST adjacent writes in flight at once; they may share
+ * clusters (allocation and COW of one cluster from two requests). */
+static int run_burst(struct sess *s, const struct op *o)
+{
+	struct burst_slot slots[MAX_BURST];
+	uint8_t *bufs[MAX_BURST] = { 0 };
+	uint64_t offs[MAX_BURST];
+	unsigned n = 2 + o->aux % (MAX_BURST - 1), queued = 0, finished = 0;
+	size_t len = o->len ? o->len : 1;
+	int ret = 0;
+
+	if (len > MAX_OP_LEN / MAX_BURST)
+		len = MAX_OP_LEN / MAX_BURST;
+	memset(slots, 0, sizeof(slots));
+	for (unsigned i = 0; i < n; i++) {
+		offs[i] = o->off + i * len;
+		if (offs[i] >= s->vsize || s->vsize - offs[i] < len) {
+			n = i;
+			break;
+		}
+		bufs[i] = malloc(len);
+		FUZZ_CHECK(bufs[i]);
+		fill(bufs[i], len, offs[i], (uint8_t)(o->arg + i + 1), o->aux & 1);
+		if (uq_aio_write(s->img, bufs[i], len, offs[i], 0, burst_done,
+				 &slots[i]) < 0) {
+			slots[i].done = true;
+			slots[i].res = -EIO;
+		} else {
+			queued++;
+		}
+	}
+	for (unsigned guard = 0; finished < queued && guard < 10000; guard++) {
+		int r = uq_poll(s->img, 1);
+
+		if (r < 0)
+			die("uq_poll failed with writes in flight", s, o->off);
+		finished += (unsigned)r;
+	}
+	if (finished != queued)
+		die("async writes never completed", s, o->off);
+	for (unsigned i = 0; i < n; i++) {
+		if (!slots[i].done)
+			die("async write without a completion", s, offs[i]);
+		if (slots[i].res >= 0) {
+			if ((size_t)slots[i].res != len)
+				die("async write: short count", s, offs[i]);
+			memcpy(s->mirror + offs[i], bufs[i], len);
+		} else {
+			set_unknown(s, offs[i], len);
+			ret = (int)slots[i].res;
+		}
+		free(bufs[i]);
+	}
+	return ret;
+}
+
+/* Run one operation. Returns 0, or the engine's error (script stops). */
+static int run_op(struct sess *s, const struct op *o, bool *reopen)
+{
+	ssize_t r;
+	int ret = 0;
+
+	switch (o->code) {
+	case OP_WRITE:
+		fill(s->buf, o->len, o->off, (uint8_t)(o->arg | 1), o->aux & 1);
+		r = uq_pwrite(s->img, s->buf, o->len, o->off, 0);
+		if (r >= 0 && (size_t)r != o->len)
+			die("write: short count", s, o->off);
+		if (r >= 0)
+			memcpy(s->mirror + o->off, s->buf, o->len);
+		ret = r < 0 ? (int)r : 0;
+		break;
+	case OP_ZERO:
+		ret = uq_write_zeroes(s->img, o->off, o->len,
+				      o->arg & 1 ? UQ_ZERO_UNMAP : 0);
+		if (ret == 0)
+			memset(s->mirror + o->off, 0, o->len);
+		break;
+	case OP_DISCARD:
+		ret = uq_discard(s->img, o->off, o->len);
+		if (ret == 0)
+			mirror_discard(s, o->off, o->len);
+		break;
+	case OP_COMPRESSED: {
+		uint64_t off = o->off & ~(s->cs - 1);
+		size_t len = (size_t)(s->vsize - off < s->cs ? s->vsize - off : s->cs);
+
+		if (!s->compressible)
+			return 0;
+		/* mostly compressible; sometimes not, for the fallback */
+		fill(s->buf, len, off, (uint8_t)(o->arg | 1), !(o->aux & 3) ? 0 : 1);
+		r = uq_pwrite(s->img, s->buf, len, off, UQ_WRITE_COMPRESSED);
+		if (r >= 0 && (size_t)r != len)
+			die("compressed write: short count", s, off);
+		if (r >= 0)
+			memcpy(s->mirror + off, s->buf, len);
+		if (r == -ENOTSUP || r == -EINVAL) {
+			/* a refusal before anything changed */
+			s->compressible = false;
+			return 0;
+		}
+		ret = r < 0 ? (int)r : 0;
+		break;
+	}
+	case OP_FLUSH:
+		ret = uq_flush(s->img);
+		break;
+	case OP_REOPEN:
+		*reopen = true;
+		break;
+	case OP_CHECK:
+		check(s, "mid-script");
+		break;
+	case OP_VERIFY:
+		if (s->clean)
+			verify(s, o->off, o->len);
+		break;
+	case OP_BURST:
+		ret = run_burst(s, o);
+		break;
+	}
+	if (ret < 0 && o->code != OP_BURST)
+		set_unknown(s, o->code == OP_COMPRESSED ? o->off & ~(s->cs - 1) : o->off,
+			    o->code == OP_COMPRESSED ? s->cs : o->len);
+	return ret;
+}
+
+/* Close, then open the bytes left behind again. False if they don't open
+ * (allowed only for images that were not consistent to begin with). */
+static bool reopen(struct sess *s, bool failed)
+{
+	struct io_fault_image file = { 0 };
+	int close_ret, ret;
+
+	ret = close_take(s->img, s->rec, &file, &close_ret);
+	s->img = NULL;
+	s->rec = NULL;
+	if (ret == -ENOMEM) {
+		io_fault_image_free(&file);
+		return false;
+	}
+	FUZZ_CHECK(ret == 0);
+	if (s->clean && !failed && close_ret < 0)
+		die("close failed", s, 0);
+	ret = open_rw(file.data, (size_t)file.len, &s->img, &s->rec);
+	io_fault_image_free(&file);
+	if (ret < 0) {
+		if (s->clean && ret != -ENOMEM)
+			die("the image written does not open again", s, 0);
+		return false;
+	}
+	return true;
+}
+
+/* IMAGE_OPS_TRACE=1 in the environment: one line per operation. */
+static bool trace;
+
+static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
+{
+	bool failed = false;
+
+	for (unsigned i = 0; i < nops && !failed; i++) {
+		struct op o = decode_op(ops + i * OP_SIZE, s);
+		bool do_reopen = false;
+		int ret = run_op(s, &o, &do_reopen);
+
+		if (trace)
+			fprintf(stderr, "image_ops: op %u: %u arg 0x%02x aux %u "
+				"off 0x%llx len %u -> %d%s\n", i, o.code, o.arg,
+				o.aux, (unsigned long long)o.off, o.len, ret,
+				ret < 0 ? uq_errmsg() : "");
+
+		if (ret < 0) {
+			failed = true;
+			/* the engine found its own metadata overlapping */
+			if (s->clean && marked_corrupt(s))
+				die("the engine marked a consistent image corrupt",
+				    s, o.off);
+			/* an engine that still accepts writes refused cleanly */
+			if (s->img->writable)
+				break;
+			/* it gave up: what it acknowledged still reads back,
+			 * and what it left on disk is not corrupt */
+			if (s->clean)
+				verify(s, 0, s->vsize);
+			if (reopen(s, true))
+				check(s, "after a failed request and reopen");
+			return;
+		}
+		if (do_reopen) {
+			if (!reopen(s, false))
+				return;
+			if (s->clean)
+				verify(s, 0, s->vsize);
+		}
+	}
+
+	/* the end of every script: check, read back, reopen, again */
+	check(s, "at the end of the script");
+	if (s->clean)
+		verify(s, 0, s->vsize);
+	if (!reopen(s, failed))
+		return;
+	check(s, "after the final reopen");
+	if (s->clean)
+		verify(s, 0, s->vsize);
+}
+
+/* Split the input: image in front, op records behind, count last. */
+static size_t split(const uint8_t *data, size_t size, unsigned *nops)
+{
+	size_t n;
+
+	if (!size) {
+		*nops = 0;
+		return 0;
+	}
+	n = data[size - 1];
+	if (n > (size - 1) / OP_SIZE)
+		n = (size - 1) / OP_SIZE;
+	*nops = (unsigned)n;
+	return size - 1 - n * OP_SIZE;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct uq_check_result res;
+	struct uq_info info;
+	struct sess s;
+	unsigned nops;
+	size_t img_len = split(data, size, &nops);
+	const uint8_t *ops = data + img_len;
+
+	memset(&s, 0, sizeof(s));
+	if (open_rw(data, img_len, &s.img, &s.rec) < 0)
+		return 0;
+	FUZZ_CHECK(uq_get_info(s.img, &info) == 0);
+	s.vsize = info.virtual_size;
+	s.cs = info.cluster_size;
+	if (s.vsize == 0 || s.vsize > MAX_VSIZE || s.cs == 0 ||
+	    s.cs > MAX_OP_LEN * 8ull)
+		goto out;
+
+	/* Consistent to begin with? Then the invariants apply. */
+	memset(&res, 0, sizeof(res));
+	res.struct_size = sizeof(res);
+	s.clean = uq_check(s.img, 0, &res) == 0 && !res.corruptions &&
+		  !res.check_errors && !info.corrupt;
+
+	s.mirror = malloc((size_t)s.vsize);
+	s.known = malloc((size_t)s.vsize);
+	s.buf = malloc(CHUNK > s.cs ? CHUNK : (size_t)s.cs);
+	if (!s.mirror || !s.known || !s.buf)
+		goto out;
+	memset(s.known, 1, (size_t)s.vsize);
+	for (uint64_t off = 0; off < s.vsize; off += CHUNK) {
+		size_t n = s.vsize - off < CHUNK ? (size_t)(s.vsize - off) : CHUNK;
+		ssize_t r = uq_pread(s.img, s.mirror + off, n, off);
+
+		if (r < 0 || (size_t)r != n) {
+			/* unreadable to begin with: no oracle for it */
+			s.clean = false;
+			memset(s.mirror + off, 0, n);
+		}
+	}
+	s.compressible = true;
+	trace = getenv("IMAGE_OPS_TRACE") != NULL;
+	if (trace)
+		fprintf(stderr, "image_ops: %zu-byte image, vsize %llu, cluster %llu, "
+			"%u ops, %s\n", img_len, (unsigned long long)s.vsize,
+			(unsigned long long)s.cs, nops,
+			s.clean ? "consistent" : "inconsistent: no oracle");
+	run_script(&s, ops, nops);
+out:
+	if (s.img) {
+		uq_close(s.img);
+		io_fault_free(s.rec);
+	}
+	free(s.mirror);
+	free(s.known);
+	free(s.buf);
+	return 0;
+}
+
+/* Mutate the image with the structure-aware mutator, or the script with
+ * libFuzzer's; the split stays where it was. */
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
+			       unsigned int seed)
+{
+	unsigned nops;
+	size_t img_len, tail, n;
+	uint8_t script[MAX_OPS * OP_SIZE + 1];
+
+	img_len = split(data, size, &nops);
+	tail = size - img_len;
+	if (size == 0 || tail > sizeof(script) || tail > max_size)
+		return LLVMFuzzerMutate ? LLVMFuzzerMutate(data, size, max_size)
+					: size;
+	memcpy(script, data + img_len, tail);
+	if (seed % 3 == 0 && LLVMFuzzerMutate) {
+		/* the script: records, then the count */
+		size_t body = tail - 1, cap = MAX_OPS * OP_SIZE;
+
+		if (cap > max_size - img_len - 1)
+			cap = max_size - img_len - 1;
+		if (body > cap)
+			body = cap;
+		body = LLVMFuzzerMutate(script, body, cap);
+		body -= body % OP_SIZE;
+		if (seed % 7 == 0 && body + OP_SIZE <= cap) {
+			/* one more record, aimed at the start of the disk */
+			memset(script + body, 0, OP_SIZE);
+			script[body] = (uint8_t)(seed >> 8);
+			script[body + 1] = (uint8_t)(seed >> 16);
+			script[body + 15] = (uint8_t)(seed >> 24);
+			body += OP_SIZE;
+		}
+		script[body] = (uint8_t)(body / OP_SIZE);
+		memcpy(data + img_len, script, body + 1);
+		return img_len + body + 1;
+	}
+	n = uq_fuzz_mutate_image(data, img_len, max_size - tail, seed);
+	if (n > max_size - tail)
+		n = max_size - tail;
+	memcpy(data + n, script, tail);
+	return n + tail;
+}
