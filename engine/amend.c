@@ -89,10 +89,13 @@ static int write_size_fields(uq_image *img, uint64_t size, uint32_t l1_size, uin
 	uq_put_be32(f + 12, l1_size);
 	uq_put_be64(f + 16, l1_off);
 	ret = io_fsync(img->file);
-	if (ret == 0)
-		ret = uq_header_write_field(img, 24, f, sizeof(f));
+	if (ret < 0)
+		return ret;
+	ret = uq_header_write_field(img, 24, f, sizeof(f));
 	if (ret == 0)
 		ret = io_fsync(img->file);
+	if (ret < 0)
+		img->writable = false;   /* the header may have changed: stop */
 	return ret;
 }
 

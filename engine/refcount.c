@@ -477,8 +477,11 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 		ret = write_table(img, T * cs(img), nt, n);
 	if (ret == 0)
 		ret = switch_table(img, T * cs(img), (uint32_t)tc, img->h.refcount_order);
-	if (ret < 0)
+	if (ret < 0) {
+		/* the header may name the new table already: write no more */
+		img->writable = false;
 		return uq_seterr(ret, "growing the refcount table failed");
+	}
 	img->h.refcount_table_offset = T * cs(img);
 	img->h.refcount_table_clusters = (uint32_t)tc;
 	uq_meta_del(img, old_off, (uint64_t)old_clusters * cs(img));
@@ -503,6 +506,7 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 
 	if (T < nclusters)
 		T = nclusters;
+	/* whatever happens below, these clusters are no longer never-written */
 	/* size table and blocks so that they also describe themselves */
 	for (int iter = 0; iter < 64; iter++) {
 		end = T + tc + nb;
@@ -517,6 +521,8 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	n = tc * per;
 	if (n * 8 > QCOW_MAX_REFTABLE_BYTES)
 		return uq_seterr(-EFBIG, "refcount table would exceed 8 MiB");
+	if (img->written_end < (T + tc + nb) * c)
+		img->written_end = (T + tc + nb) * c;
 	for (uint64_t i = 0; i < nclusters; i++)
 		if (counts[i] > max)
 			return uq_seterr(-ERANGE, "cluster 0x%llx has refcount %llu, more than "
@@ -556,6 +562,8 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	if (ret == 0)
 		ret = switch_table(img, T * c, (uint32_t)tc, order);
 	if (ret < 0) {
+		/* the header may name the new structures already: write no more */
+		img->writable = false;
 		uq_seterr(ret, "rebuilding refcounts failed");
 		goto out;
 	}

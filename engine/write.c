@@ -105,8 +105,9 @@ static int l2_for_write(uq_image *img, uint64_t off, uint64_t *out)
 	if (l1i >= img->h.l1_size)
 		return uq_seterr(-EINVAL, "%s: guest offset 0x%llx is beyond the L1 table",
 				 img->path, (unsigned long long)off);
-	/* keep at most half the cache dirty so readers always find a slot */
-	if (l2c_dirty_count(img->l2c) * 2 >= l2c_slots(img->l2c)) {
+	/* keep at most half the cache dirty, counting the table about to be
+	 * dirtied, so lookups always find a clean slot to evict */
+	if ((l2c_dirty_count(img->l2c) + 1) * 2 > l2c_slots(img->l2c)) {
 		ret = uq_meta_flush(img);
 		if (ret < 0)
 			return ret;
@@ -223,8 +224,16 @@ static void wop_done(struct io_req *io, ssize_t res)
 	struct wreq *wr = op->wr;
 
 	wr->img->writes_inflight--;
-	if (res < 0 && !wr->err)
-		wr->err = (int)res;
+	if (res < 0) {
+		/* An L2 entry may already point at the cluster this write was
+		 * to fill: stop writing so that entry never reaches the disk. */
+		wr->img->writable = false;
+		uq_seterr((int)res, "%s: writing data at 0x%llx failed: %s; no further "
+			  "writes until the image is reopened", wr->img->path,
+			  (unsigned long long)io->off, strerror((int)-res));
+		if (!wr->err)
+			wr->err = (int)res;
+	}
 	free(op);
 	wreq_put(wr);
 }
@@ -754,15 +763,25 @@ static int set_dirty_bit(uq_image *img, bool on)
  * refcount decreases of what the new L2 entries no longer reference. */
 int uq_meta_flush(uq_image *img)
 {
-	bool l2 = l2c_dirty_count(img->l2c) > 0;
+	bool l2;
 	int ret = 0;
 
+	/* data before the L2 entries that point at it */
 	while (img->writes_inflight && ret >= 0)
 		ret = io_reap(img->ctx->q, 1);
 	if (ret < 0)
 		return ret;
-	if (!l2 && !img->l1_dirty && !img->nfrees && !(img->lazy ? false : rb_dirty(img)))
-		return 0;
+	ret = 0;   /* io_reap counted completions */
+	if (!img->writable)   /* a data write failed: its L2 entry must stay off disk */
+		return uq_seterr(-EIO, "%s: a data write failed; metadata is not written",
+				 img->path);
+	l2 = l2c_dirty_count(img->l2c) > 0;
+	if (!l2 && !img->l1_dirty && !img->nfrees && !(img->lazy ? false : rb_dirty(img))) {
+		/* no metadata, but data written in place must be durable too */
+		ret = io_fsync(img->data);
+		return ret < 0 ? uq_seterr(ret, "%s: flush failed: %s", img->path,
+					   strerror(-ret)) : 0;
+	}
 	if (img->lazy)
 		ret = set_dirty_bit(img, true);
 	if (ret == 0 && img->data != img->file)
