@@ -166,6 +166,10 @@ int uq_resize(uq_image *img, uint64_t size)
 		return ret;
 	if (size == img->size)
 		return 0;
+	/* a v2 snapshot entry may not record its disk size */
+	if (img->h.version < 3 && img->nb_snaps)
+		return uq_seterr(-ENOTSUP, "%s: can't resize a v2 image which has snapshots",
+				 img->path);
 	ret = uq_l1_entries_for(size, img->g.cluster_bits, img->g.extended_l2, &entries);
 	if (ret < 0 || size > (1ull << 63) - img->g.cluster_size)
 		return uq_seterr(-EFBIG, "%s: size %llu is too large", img->path,
@@ -185,8 +189,20 @@ int uq_resize(uq_image *img, uint64_t size)
 		else if (ret == 0)
 			ret = write_size_fields(img, size, img->h.l1_size, img->h.l1_table_offset);
 	}
+	uint64_t old = img->size;
+
 	if (ret == 0)
 		img->size = img->h.size = size;
+	/* The last cluster may hold stale bytes past the old end (a reused
+	 * host cluster written only up to the virtual size): they must read
+	 * as zeros now that they are inside the image. */
+	uint64_t cs = img->g.cluster_size, tail_end = (old + cs - 1) & ~(cs - 1);
+
+	if (ret == 0 && size > old && (old & (cs - 1))) {
+		if (tail_end > size)
+			tail_end = size;
+		ret = uq_write_zeroes(img, old, tail_end - old, 0);
+	}
 	if (ret == 0 && img->data != img->file &&
 	    (img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))
 		ret = io_file_truncate(img->data, size);
