@@ -11,6 +11,7 @@
 #endif
 
 static const struct cli_verb *const verbs[] = {
+	&cmd_create,
 	&cmd_info,
 	&cmd_check,
 	&cmd_map,
