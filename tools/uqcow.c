@@ -20,6 +20,8 @@ static const struct cli_verb *const verbs[] = {
 	&cmd_io,
 	&cmd_bench,
 	&cmd_snapshot,
+	&cmd_amend,
+	&cmd_resize,
 };
 
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
