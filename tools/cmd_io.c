@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* uqcow io: qemu-io's command runner (-c CMD ...) with its output lines;
- * commands live in a table, so write commands slot in next to read. */
+ * the command table, read and map. Write commands are in io_write.c. */
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -10,17 +10,9 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "io_cmd.h"
 
 #define MAX_ARGS 64
-/* qemu's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to a sector. */
-#define MAX_REQUEST 2147483136ull
-
-struct io_ctx {
-	uq_image *img;
-	const char *path;
-	uint64_t size;
-	bool readonly;
-};
 
 struct io_cmd {
 	const char *name, *alt;
@@ -78,9 +70,8 @@ static double tdiv(double v, const struct timespec *t)
 	return secs > 0 ? v / secs : 0;
 }
 
-static void print_report(const char *op, const struct timespec *t,
-			 uint64_t off, uint64_t count, uint64_t total, int cnt,
-			 bool parsable)
+void io_print_report(const char *op, const struct timespec *t, uint64_t off,
+		     uint64_t count, uint64_t total, int cnt, bool parsable)
 {
 	char s1[64], s2[64], ts[64];
 
@@ -99,6 +90,17 @@ static void print_report(const char *op, const struct timespec *t,
 	       tdiv(cnt, t));
 }
 
+void io_elapsed(const struct timespec *t1, const struct timespec *t2,
+		struct timespec *dt)
+{
+	dt->tv_sec = t2->tv_sec - t1->tv_sec;
+	dt->tv_nsec = t2->tv_nsec - t1->tv_nsec;
+	if (dt->tv_nsec < 0) {
+		dt->tv_sec--;
+		dt->tv_nsec += 1000000000L;
+	}
+}
+
 /* qemu-io's dump_buffer: offset, 16 hex bytes, then the printable ones. */
 static void dump_buffer(const uint8_t *buf, uint64_t off, uint64_t len)
 {
@@ -115,7 +117,7 @@ static void dump_buffer(const uint8_t *buf, uint64_t off, uint64_t len)
 	}
 }
 
-static int parse_num(const char *what, const char *arg, uint64_t *v)
+int io_parse_num(const char *what, const char *arg, uint64_t *v)
 {
 	int ret = cli_parse_size(arg, v);
 
@@ -127,7 +129,7 @@ static int parse_num(const char *what, const char *arg, uint64_t *v)
 	return ret;
 }
 
-static int parse_pattern(const char *arg, int *pat)
+int io_parse_pattern(const char *arg, int *pat)
 {
 	char *end;
 	long v = strtol(arg, &end, 0);
@@ -141,8 +143,8 @@ static int parse_pattern(const char *arg, int *pat)
 }
 
 /* "uqcow: read: why" and the command's usage line; returns -EINVAL. */
-static int cmd_usage(const char *name, const char *args, const char *fmt,
-		     const char *arg)
+int io_cmd_usage(const char *name, const char *args, const char *fmt,
+		 const char *arg)
 {
 	fflush(stdout);
 	fprintf(stderr, "uqcow: %s: ", name);
@@ -175,12 +177,12 @@ static int do_read(struct io_ctx *x, int argc, char **argv)
 			parsable = true;
 			break;
 		case 'l':
-			if (parse_num("read -l", optarg, &pat_count))
+			if (io_parse_num("read -l", optarg, &pat_count))
 				return -EINVAL;
 			lflag = true;
 			break;
 		case 'P':
-			if (parse_pattern(optarg, &pattern))
+			if (io_parse_pattern(optarg, &pattern))
 				return -EINVAL;
 			pflag = true;
 			break;
@@ -188,7 +190,7 @@ static int do_read(struct io_ctx *x, int argc, char **argv)
 			quiet = true;
 			break;
 		case 's':
-			if (parse_num("read -s", optarg, &pat_off))
+			if (io_parse_num("read -s", optarg, &pat_off))
 				return -EINVAL;
 			sflag = true;
 			break;
@@ -198,16 +200,16 @@ static int do_read(struct io_ctx *x, int argc, char **argv)
 		default: {
 			char opt[2] = { (char)optopt, '\0' };
 
-			return cmd_usage("read", READ_ARGS, c == ':' ?
+			return io_cmd_usage("read", READ_ARGS, c == ':' ?
 					 "option requires an argument -- '%s'" :
 					 "invalid option -- '%s'", opt);
 		}
 		}
 	}
 	if (argc - optind != 2)
-		return cmd_usage("read", READ_ARGS, "expected OFFSET and LENGTH%s", "");
-	if (parse_num("read offset", argv[optind], &off) ||
-	    parse_num("read length", argv[optind + 1], &count))
+		return io_cmd_usage("read", READ_ARGS, "expected OFFSET and LENGTH%s", "");
+	if (io_parse_num("read offset", argv[optind], &off) ||
+	    io_parse_num("read length", argv[optind + 1], &count))
 		return -EINVAL;
 	if (count > MAX_REQUEST) {
 		cli_error("read: length cannot exceed %llu, given %s", MAX_REQUEST,
@@ -215,7 +217,7 @@ static int do_read(struct io_ctx *x, int argc, char **argv)
 		return -EINVAL;
 	}
 	if (!pflag && (lflag || sflag))
-		return cmd_usage("read", READ_ARGS, "-s and -l need -P%s", "");
+		return io_cmd_usage("read", READ_ARGS, "-s and -l need -P%s", "");
 	if (!lflag)
 		pat_count = pat_off <= count ? count - pat_off : UINT64_MAX;
 	if (pat_off > count || pat_count > count - pat_off) {
@@ -267,13 +269,8 @@ static int do_read(struct io_ctx *x, int argc, char **argv)
 		goto out;
 	if (verbose)
 		dump_buffer(buf, off, count);
-	dt.tv_sec = t2.tv_sec - t1.tv_sec;
-	dt.tv_nsec = t2.tv_nsec - t1.tv_nsec;
-	if (dt.tv_nsec < 0) {
-		dt.tv_sec--;
-		dt.tv_nsec += 1000000000L;
-	}
-	print_report("read", &dt, off, count, count, 1, parsable);
+	io_elapsed(&t1, &t2, &dt);
+	io_print_report("read", &dt, off, count, count, 1, parsable);
 out:
 	free(buf);
 	return ret;
@@ -321,23 +318,12 @@ static int do_map(struct io_ctx *x, int argc, char **argv)
 	return 0;
 }
 
-/* Placeholder for the write commands until the engine's write path is
- * wired in: each gets its own function in this table then. */
-static int needs_write_path(struct io_ctx *x, int argc, char **argv)
-{
-	(void)x;
-	(void)argc;
-	cli_error("command %s needs the write path", argv[0]);
-	return -ENOTSUP;
-}
-
 static const struct io_cmd commands[] = {
 	{ "read", "r", 2, -1, false, do_read, READ_ARGS },
 	{ "map", NULL, 0, 0, false, do_map, "" },
-	{ "write", "w", 2, -1, true, needs_write_path,
-	  "[-P pattern | -z [-u] | -c] off len" },
-	{ "discard", "d", 2, -1, true, needs_write_path, "off len" },
-	{ "flush", "f", 0, 0, true, needs_write_path, "" },
+	{ "write", "w", 2, -1, true, io_do_write, WRITE_ARGS },
+	{ "discard", "d", 2, -1, true, io_do_discard, DISCARD_ARGS },
+	{ "flush", "f", 0, 0, true, io_do_flush, "" },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -390,10 +376,10 @@ static int run_command(struct io_ctx *x, const char *text)
 				 c->argmin);
 		else
 			snprintf(why, sizeof(why), "expected %d arguments", c->argmax);
-		ret = cmd_usage(c->name, c->args, "bad argument count: %s", why);
+		ret = io_cmd_usage(c->name, c->args, "bad argument count: %s", why);
 		goto out;
 	}
-	if (c->writes && x->readonly && c->fn != needs_write_path) {
+	if (c->writes && x->readonly) {
 		cli_error("command %s needs a writable image (opened with -r)",
 			  c->name);
 		ret = -EPERM;
@@ -404,24 +390,6 @@ static int run_command(struct io_ctx *x, const char *text)
 out:
 	free(line);
 	return ret;
-}
-
-/* Whether any command really writes (placeholders don't), so an image
- * is opened read-write only when it must be. */
-static bool any_writes(char **cmds, int n)
-{
-	for (int i = 0; i < n; i++) {
-		char buf[64];
-		const struct io_cmd *c;
-		size_t k = strspn(cmds[i], " \t");
-
-		snprintf(buf, sizeof(buf), "%s", cmds[i] + k);
-		buf[strcspn(buf, " \t")] = '\0';
-		c = find_cmd(buf);
-		if (c && c->writes && c->fn != needs_write_path)
-			return true;
-	}
-	return false;
 }
 
 static int run(int argc, char **argv, const struct cli_open *defaults)
@@ -453,17 +421,14 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			cli_usage(&cmd_io, stdout);
 			free(cmds);
 			return CLI_EXIT_OK;
-		case 'c': {
-			char **grown = realloc(cmds, (size_t)(ncmds + 1) * sizeof(*cmds));
-
-			if (!grown) {
+		case 'c':
+			/* at most one command per argument: one allocation */
+			if (!cmds && !(cmds = calloc((size_t)argc, sizeof(*cmds)))) {
 				cli_error("out of memory");
 				goto fail;
 			}
-			cmds = grown;
 			cmds[ncmds++] = optarg;
 			break;
-		}
 		case 'r':
 			x.readonly = true;
 			break;
@@ -496,9 +461,8 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		return cli_bad_usage(&cmd_io, "expecting one image file name");
 	}
 	x.path = argv[optind];
-	if (cli_open_image(x.path, &o,
-			   !x.readonly && any_writes(cmds, ncmds) ? UQ_OPEN_RDWR : 0,
-			   &x.img) < 0)
+	/* Like qemu-io: read-write unless -r, whatever the commands are. */
+	if (cli_open_image(x.path, &o, x.readonly ? 0 : UQ_OPEN_RDWR, &x.img) < 0)
 		goto fail;
 	in = malloc(sizeof(*in));
 	if (!in || (ret = uq_get_info(x.img, in)) < 0) {
@@ -538,7 +502,12 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	}
 	free(in);
 	free(cmds);
-	uq_close(x.img);
+	/* Metadata still in memory is written here: a failure is reported. */
+	ret = uq_close(x.img);
+	if (ret < 0) {
+		cli_error_uq(ret, x.path);
+		failed = 1;
+	}
 	fflush(stdout);
 	return failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 fail:
@@ -556,7 +525,7 @@ const struct cli_verb cmd_io = {
 	.synopsis = "io [-r] [-f FMT] [-t CACHE | -n] [-i BACKEND] -c CMD "
 		    "[-c CMD ...] FILE",
 	.help =
-	"  -r             open read-only\n"
+	"  -r             open read-only (default: read-write)\n"
 	"  -f FMT         qcow2 or raw (default: probe)\n"
 	"  -c CMD         run CMD; may repeat (without -c: read from stdin)\n"
 	"  -t MODE, -n    cache mode; none / -n open with O_DIRECT\n"
@@ -566,7 +535,12 @@ const struct cli_verb cmd_io = {
 	"  read [-Cqv] [-P pattern [-s off] [-l len]] off len\n"
 	"                 read; -P checks every byte against pattern, -v dumps\n"
 	"  map            allocated ranges of this image (not its backing)\n"
-	"  write, discard, flush   need the write path (not yet)\n"
+	"  write [-cCfnqu] [-P pattern | -s file | -z] off len\n"
+	"                 write pattern bytes (default 0xcd) or a file's bytes;\n"
+	"                 -z zeroes (-u may unmap), -c compressed (whole\n"
+	"                 clusters), -f flush after (FUA), -q no report\n"
+	"  discard [-Cq] off len   free the clusters (read back as zeros)\n"
+	"  flush          write metadata and sync\n"
 	"\nOffsets and lengths take k, M, G, T suffixes. Exit status 1 if any\n"
 	"command failed.\n",
 };
