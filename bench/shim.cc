@@ -133,6 +133,13 @@ void register_all(enum bench_scale scale)
 			    bench_alloc_write, { bits, 64 * K, (int64_t)io, 32, (int64_t)n },
 			    MANUAL | MS);
 		}
+		/* 4 KiB clusters: a refcount block covers 32768 / bits clusters,
+		 * so the widths differ in metadata even on small images */
+		uint64_t n = small ? 2048 : large ? 65536 : 16384;
+
+		add(fmt("alloc_write/refcount_bits:%u/cluster:4k/io:4k/qd:32/clusters:%llu", bits,
+			(unsigned long long)n),
+		    bench_alloc_write, { bits, 4 * K, 4 * K, 32, (int64_t)n }, MANUAL | MS);
 	}
 
 	/* 2. discard and write-zeroes of an allocated range; v2 only has
