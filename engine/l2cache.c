@@ -544,6 +544,18 @@ void l2c_clean(struct l2cache *c, uint64_t off)
 	pthread_mutex_unlock(&c->lock);
 }
 
+bool l2c_is_dirty(struct l2cache *c, uint64_t off)
+{
+	struct slot *s;
+	bool d;
+
+	pthread_mutex_lock(&c->lock);
+	s = valid_locked(c, off);
+	d = s && s->dirty;
+	pthread_mutex_unlock(&c->lock);
+	return d;
+}
+
 size_t l2c_dirty_count(const struct l2cache *c)
 {
 	return c->ndirty;

@@ -69,6 +69,7 @@ int l2c_copy_out(struct l2cache *c, uint64_t off, uint8_t *dst);
 void l2c_set_dirty(struct l2cache *c, uint64_t off);
 void l2c_clean(struct l2cache *c, uint64_t off);
 size_t l2c_dirty_count(const struct l2cache *c);
+bool l2c_is_dirty(struct l2cache *c, uint64_t off);
 
 /* Calls fn for every dirty table, in ascending offset order, with its
  * on-disk bytes. */

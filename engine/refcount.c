@@ -151,6 +151,9 @@ static int find_free(uq_image *img, uint64_t n, uint64_t *first)
 		if (ret < 0)
 			return ret;
 		if (v || uq_meta_overlaps(img, c * cs(img), cs(img))) {
+			/* nothing below a used cluster at the hint is free */
+			if (!run && c == img->free_hint)
+				img->free_hint = c + 1;
 			run = 0;
 			continue;
 		}
@@ -310,19 +313,43 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
 	return 0;
 }
 
+/* Give the space of a run of freed clusters back to the file system
+ * (where it can't punch, the backend writes zeros). */
+static int punch(uq_image *img, uint64_t first, uint64_t n)
+{
+	struct io_req r = { .op = IO_PUNCH, .file = img->file,
+			    .off = first * cs(img), .len = (size_t)(n * cs(img)) };
+	ssize_t ret = n ? io_exec_sync(&r) : 0;
+
+	return ret < 0 ? uq_seterr((int)ret, "releasing freed clusters failed: %s",
+				   strerror((int)-ret)) : 0;
+}
+
 int uq_rc_apply_frees(uq_image *img)
 {
+	uint64_t run_first = 0, run_n = 0;
 	int ret = 0;
 
+	/* runs once the L2 tables that dropped these clusters are on disk */
 	for (size_t i = 0; i < img->nfrees && ret == 0; i++) {
-		uint64_t v;
+		uint64_t v, c = img->frees[i];
 
-		ret = uq_rc_add(img, img->frees[i], -1);
+		ret = uq_rc_add(img, c, -1);
 		if (ret == 0)
-			ret = uq_rc_get(img, img->frees[i], &v);
-		if (ret == 0 && v == 0)
-			uq_meta_del(img, img->frees[i] * cs(img), cs(img));
+			ret = uq_rc_get(img, c, &v);
+		if (ret || v)
+			continue;
+		uq_meta_del(img, c * cs(img), cs(img));
+		if (run_n && c == run_first + run_n) {
+			run_n++;
+			continue;
+		}
+		ret = punch(img, run_first, run_n);
+		run_first = c;
+		run_n = 1;
 	}
+	if (ret == 0)
+		ret = punch(img, run_first, run_n);
 	img->nfrees = 0;
 	return ret;
 }

@@ -105,16 +105,18 @@ static int l2_for_write(uq_image *img, uint64_t off, uint64_t *out)
 	if (l1i >= img->h.l1_size)
 		return uq_seterr(-EINVAL, "%s: guest offset 0x%llx is beyond the L1 table",
 				 img->path, (unsigned long long)off);
-	/* keep at most half the cache dirty, counting the table about to be
-	 * dirtied, so lookups always find a clean slot to evict */
-	if ((l2c_dirty_count(img->l2c) + 1) * 2 > l2c_slots(img->l2c)) {
+	ret = uq_l1_decode(&img->g, img->l1[l1i], &l2_off, &copied);
+	if (ret < 0)
+		return ret;
+	/* Keep at most half the cache dirty, counting a table about to become
+	 * dirty, so lookups always find a clean slot to evict. A table that
+	 * is dirty already costs nothing more. */
+	if (!(l2_off && copied && l2c_is_dirty(img->l2c, l2_off)) &&
+	    (l2c_dirty_count(img->l2c) + 1) * 2 > l2c_slots(img->l2c)) {
 		ret = uq_meta_flush(img);
 		if (ret < 0)
 			return ret;
 	}
-	ret = uq_l1_decode(&img->g, img->l1[l1i], &l2_off, &copied);
-	if (ret < 0)
-		return ret;
 	if (l2_off && !copied) {
 		ret = uq_rc_get(img, l2_off >> img->g.cluster_bits, &rc);
 		if (ret < 0)
