@@ -175,6 +175,14 @@ static void verify(struct sess *s, uint64_t off, uint64_t len)
 	}
 }
 
+static bool trace;
+
+static void report_line(void *arg, const char *line)
+{
+	(void)arg;
+	fprintf(stderr, "image_ops: check: %s\n", line);
+}
+
 /* The engine's own consistency check. */
 static void check(struct sess *s, const char *when)
 {
@@ -183,6 +191,8 @@ static void check(struct sess *s, const char *when)
 
 	memset(&res, 0, sizeof(res));
 	res.struct_size = sizeof(res);
+	if (trace)
+		res.report = report_line;
 	ret = uq_check(s->img, 0, &res);
 	if (!s->clean)
 		return;
@@ -412,7 +422,6 @@ static bool reopen(struct sess *s, bool failed)
 }
 
 /* IMAGE_OPS_TRACE=1 in the environment: one line per operation. */
-static bool trace;
 
 static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
 {
