@@ -6,7 +6,9 @@
  * acknowledged write. Invariants, for images that start out consistent:
  *   - uq_check finds no corruption, mid-script and after every reopen
  *     (refcount >= references, nothing referenced with refcount 0, no L2
- *     entry over metadata);
+ *     entry over metadata, COPIED never set on a shared cluster; a COPIED
+ *     flag missing where the refcount is 1 is tolerated, see
+ *     benign_copied);
  *   - the engine never marks such an image corrupt: that would mean it
  *     made its own metadata overlap (e.g. handed out a live L2 table);
  *   - every byte reads back as the mirror says, in the session and after
@@ -177,26 +179,48 @@ static void verify(struct sess *s, uint64_t off, uint64_t len)
 
 static bool trace;
 
+/* A COPIED flag missing on a cluster whose refcount is 1 costs one
+ * needless copy on the next write, nothing more. It is what an image
+ * that shares a cluster between two entries of its own tables (refcount
+ * 2, consistent) becomes when one of them lets go: neither the engine
+ * nor qemu searches for the other entry. Not one of the invariants. */
+static bool benign_copied(const char *line)
+{
+	const char *e = strstr(line, "_entry=");
+	const char *rc = strstr(line, " refcount=");
+	unsigned long long entry;
+
+	if (!strstr(line, "OFLAG_COPIED") || !e || !rc || strcmp(rc, " refcount=1"))
+		return false;
+	entry = strtoull(e + 7, NULL, 16);
+	return !(entry & QCOW_OFLAG_COPIED);
+}
+
 static void report_line(void *arg, const char *line)
 {
-	(void)arg;
-	fprintf(stderr, "image_ops: check: %s\n", line);
+	uint64_t *benign = arg;
+
+	if (benign_copied(line))
+		(*benign)++;
+	else if (trace)
+		fprintf(stderr, "image_ops: check: %s\n", line);
 }
 
 /* The engine's own consistency check. */
 static void check(struct sess *s, const char *when)
 {
 	struct uq_check_result res;
+	uint64_t benign = 0;
 	int ret;
 
 	memset(&res, 0, sizeof(res));
 	res.struct_size = sizeof(res);
-	if (trace)
-		res.report = report_line;
+	res.report = report_line;
+	res.arg = &benign;
 	ret = uq_check(s->img, 0, &res);
 	if (!s->clean)
 		return;
-	if (ret < 0 || res.corruptions || res.check_errors) {
+	if (ret < 0 || res.corruptions > benign || res.check_errors) {
 		fprintf(stderr, "image_ops: check %s: ret %d, %llu corruptions, "
 			"%llu check errors, %llu leaks\n", when, ret,
 			(unsigned long long)res.corruptions,
@@ -494,12 +518,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct uq_check_result res;
 	struct uq_info info;
+	uint64_t benign = 0;
 	struct sess s;
 	unsigned nops;
 	size_t img_len = split(data, size, &nops);
 	const uint8_t *ops = data + img_len;
 
 	memset(&s, 0, sizeof(s));
+	trace = getenv("IMAGE_OPS_TRACE") != NULL;
 	if (open_rw(data, img_len, &s.img, &s.rec) < 0)
 		return 0;
 	FUZZ_CHECK(uq_get_info(s.img, &info) == 0);
@@ -512,7 +538,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Consistent to begin with? Then the invariants apply. */
 	memset(&res, 0, sizeof(res));
 	res.struct_size = sizeof(res);
-	s.clean = uq_check(s.img, 0, &res) == 0 && !res.corruptions &&
+	res.report = report_line;
+	res.arg = &benign;
+	s.clean = uq_check(s.img, 0, &res) == 0 && res.corruptions <= benign &&
 		  !res.check_errors && !info.corrupt;
 
 	s.mirror = malloc((size_t)s.vsize);
@@ -532,7 +560,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	s.compressible = true;
-	trace = getenv("IMAGE_OPS_TRACE") != NULL;
 	if (trace)
 		fprintf(stderr, "image_ops: %zu-byte image, vsize %llu, cluster %llu, "
 			"%u ops, %s\n", img_len, (unsigned long long)s.vsize,
