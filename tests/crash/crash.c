@@ -809,6 +809,37 @@ static bool dirty_bit(const struct io_fault_image *st)
 	return st->len >= 80 && (st->data[79] & 1);
 }
 
+/* uqcow's own check on the state as the crash left it (read-only: the
+ * state itself, not what a writable open made of it): no corruption. */
+static void uq_check_state(struct run *R, const struct io_fault_image *st, bool disk,
+			   const char *label)
+{
+	struct uq_open_opts o = { .struct_size = sizeof(o) };
+	struct uq_check_result res = { .struct_size = sizeof(res) };
+	uq_image *img;
+
+	if (disk) {
+		if (write_file(R->state, st->data, st->len) < 0)
+			return;
+		o.backend = UQ_IO_PSYNC;
+	} else {
+		o.backend = UQ_IO_MEM;
+		o.mem_data = st->data;
+		o.mem_len = st->len;
+	}
+	if (uq_open(R->state, &o, &img) < 0) {
+		fail(R, "%s: uqcow check: the image does not open: %s", label, uq_errmsg());
+		return;
+	}
+	if (uq_check(img, 0, &res) < 0)
+		fail(R, "%s: uqcow check failed to run: %s", label, uq_errmsg());
+	else if (res.corruptions || res.check_errors)
+		fail(R, "%s: uqcow check: %llu corruptions, %llu check errors", label,
+		     (unsigned long long)res.corruptions, (unsigned long long)res.check_errors);
+	R->uq_checks++;
+	uq_close(img);
+}
+
 int check_image(struct run *R, const struct io_fault_image *st, size_t level,
 		size_t gop_lo, size_t gop_hi, bool qemu, const char *label)
 {
@@ -847,6 +878,8 @@ int check_image(struct run *R, const struct io_fault_image *st, size_t level,
 	ret = uq_close(img);
 	if (ret < 0)
 		fail(R, "%s: closing the reopened image failed: %s", label, uq_errmsg());
+	if (!dirty)
+		uq_check_state(R, st, disk, label);
 	if (qemu && dirty)
 		qemu_check(R, label);
 	if (R->failures != before)

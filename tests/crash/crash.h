@@ -63,7 +63,7 @@ struct run {
 	size_t nsnaps, scap;
 
 	/* results */
-	unsigned long points, samples, qemu_checks, failures;
+	unsigned long points, samples, qemu_checks, uq_checks, failures;
 	bool reftable_grew;
 	unsigned samples_per_interval;
 	unsigned qemu_budget;  /* qemu-img checks this run may still do */

@@ -345,8 +345,8 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 		fail(&R, "could not set up the run (%d)", ret);
 	}
 	printf("crash %-8s bits=%-2u lazy=%d: %5lu crash states (%lu persistence points, "
-	       "%lu reordered/torn), %lu qemu-img checks, %zu ops recorded%s%s\n",
-	       w->name, bits, lazy, states, R.points, R.samples, R.qemu_checks,
+	       "%lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops recorded%s%s\n",
+	       w->name, bits, lazy, states, R.points, R.samples, R.uq_checks, R.qemu_checks,
 	       R.fl ? io_fault_nops(R.fl) : 0,
 	       strcmp(w->name, "rcgrow") ? "" : R.reftable_grew ? ", refcount table grew"
 								 : ", refcount table did not grow",
