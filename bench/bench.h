@@ -185,6 +185,8 @@ const char *bench_errmsg(void);
 void bench_alloc_write(struct bench_run *r);    /* bits, cluster, io, qd */
 void bench_discard(struct bench_run *r);        /* bits, version, size */
 void bench_write_zeroes(struct bench_run *r);   /* bits, version, unmap, size */
+void bench_snap_write(struct bench_run *r);     /* bits, snapshots, size */
+void bench_snap_discard(struct bench_run *r);   /* bits, snapshots, size */
 void bench_read_kind(struct bench_run *r);      /* kind, io, qd */
 void bench_iops(struct bench_run *r);           /* write, random, io, qd */
 void bench_cache_hit(struct bench_run *r);      /* tables; threads */

@@ -157,6 +157,19 @@ void register_all(enum bench_scale scale)
 		add(fmt("discard/refcount_bits:16/version:2/size:%s", sz(size).c_str()),
 		    bench_discard, { 16, 2, (int64_t)size }, MANUAL | MS);
 	}
+	/* 2b. the same after 0, 1 and 8 internal snapshots: rewrites copy
+	 * shared clusters, discards drop one reference of many. 1-bit
+	 * refcounts can't hold a snapshot, narrow ones only a few. */
+	uint64_t ssize = small ? 8 * M : 64 * M;
+	for (unsigned snaps : { 0u, 1u, 8u })
+		for (unsigned bits : widths) {
+			add(fmt("snap_write/refcount_bits:%u/snapshots:%u/io:4k/size:%s", bits, snaps,
+				sz(ssize).c_str()),
+			    bench_snap_write, { bits, snaps, (int64_t)ssize }, MANUAL | MS);
+			add(fmt("snap_discard/refcount_bits:%u/snapshots:%u/size:%s", bits, snaps,
+				sz(ssize).c_str()),
+			    bench_snap_discard, { bits, snaps, (int64_t)ssize }, MANUAL | MS);
+		}
 	uint64_t zsize = small ? 32 * M : large ? 1 * G : 256 * M;
 	for (unsigned unmap : { 0u, 1u }) {
 		for (unsigned bits : widths)
