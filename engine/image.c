@@ -114,27 +114,38 @@ static int check_features(uq_image *img)
 	return 0;
 }
 
-static int load_l1(uq_image *img)
+int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
 {
-	size_t bytes = (size_t)img->h.l1_size * 8;
-	uint8_t *raw;
+	uint8_t *raw = malloc(n ? n * 8 : 1);
+	uint64_t *t = malloc(n ? n * 8 : 1);
 	int ret;
 
-	if (!bytes)
-		return 0;
-	raw = malloc(bytes);
-	img->l1 = malloc(bytes);
-	if (!raw || !img->l1) {
+	*out = NULL;
+	if (!raw || !t) {
 		free(raw);
+		free(t);
 		return -ENOMEM;
 	}
-	ret = io_pread_full(img->file, raw, bytes, img->h.l1_table_offset);
-	if (ret == 0)
-		for (uint32_t i = 0; i < img->h.l1_size; i++)
-			img->l1[i] = uq_be64(raw + (size_t)i * 8);
-	else
-		uq_seterr(ret, "l1 table: read failed: %s", strerror(-ret));
+	ret = io_pread_full(f, raw, n * 8, off);
+	for (uint64_t i = 0; ret == 0 && i < n; i++)
+		t[i] = uq_be64(raw + i * 8);
 	free(raw);
+	if (ret < 0)
+		free(t);
+	else
+		*out = t;
+	return ret;
+}
+
+static int load_l1(uq_image *img)
+{
+	int ret;
+
+	if (!img->h.l1_size)
+		return 0;
+	ret = uq_read_table64(img->file, img->h.l1_table_offset, img->h.l1_size, &img->l1);
+	if (ret < 0)
+		uq_seterr(ret, "l1 table: read failed: %s", strerror(-ret));
 	return ret;
 }
 

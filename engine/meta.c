@@ -121,18 +121,7 @@ static int add_l1(uq_image *img, uint64_t l1_off, uint32_t l1_size, const uint64
 	int ret = uq_meta_add(img, l1_off, (uint64_t)l1_size * 8);
 
 	if (ret == 0 && !l1 && l1_size) {
-		uint8_t *raw = malloc((size_t)l1_size * 8);
-
-		own = malloc((size_t)l1_size * 8);
-		if (!raw || !own) {
-			free(raw);
-			free(own);
-			return -ENOMEM;
-		}
-		ret = io_pread_full(img->file, raw, (size_t)l1_size * 8, l1_off);
-		for (uint32_t i = 0; i < l1_size; i++)
-			own[i] = uq_be64(raw + (size_t)i * 8);
-		free(raw);
+		ret = uq_read_table64(img->file, l1_off, l1_size, &own);
 		l1 = own;
 	}
 	for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
