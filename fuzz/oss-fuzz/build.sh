@@ -66,7 +66,7 @@ for opt in fuzz/*.options; do
 	srcs="fuzz/$t.c"
 	case $t in
 	image_read|image_ops) srcs="$srcs fuzz/image_mutator.c" ;;
-	esac"
+	esac
 	tobjs=
 	for s in $srcs; do
 		o="$build/fuzz/$(basename "$s" .c).o"
