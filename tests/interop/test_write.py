@@ -461,6 +461,11 @@ def io_case(root, name, opts, backing, seed, nops):
     qwhy = qemu_check('q.qcow2', d)
     if 'Marking image as corrupt' in qout + qerr:
         qwhy = 'qemu-io marked its image corrupt'
+    if not qwhy:
+        rc, out2, _ = run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', 'q.qcow2',
+                           'model.raw'], d)
+        if rc != 0:
+            qwhy = 'qemu\'s image differs from the model: ' + line1(out2)
     if qwhy:
         r.note('qemu-io corrupted its own image; compared with the model only: ' + qwhy)
     else:
