@@ -286,8 +286,6 @@ int uq_create(const char *path, const struct uq_create_opts *opts)
 	ret = validate(&o);
 	if (ret == 0 && o.backing_file)
 		ret = probe_backing(path, &o, bfmt, sizeof(bfmt));
-	if (ret == 0 && !o.size && !o.backing_file)
-		ret = uq_seterr(-EINVAL, "an image size is required");
 	if (ret == 0 && o.data_file)
 		ret = create_data_file(path, &o);
 	if (ret == 0)

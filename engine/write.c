@@ -246,7 +246,8 @@ static int write_in_place(struct wreq *wr, const uint8_t *buf, size_t len, uint6
 	uq_image *img = wr->img;
 	struct wop *op;
 
-	if (uq_meta_overlaps(img, host, len))
+	/* an external data file holds no metadata: its offsets are guest's */
+	if (img->data == img->file && uq_meta_overlaps(img, host, len))
 		return uq_mark_corrupt(img, "guest data", host);
 	op = calloc(1, sizeof(*op));
 	if (!op)
@@ -558,6 +559,10 @@ static int discard_cluster(struct wreq *wr, uint64_t off, size_t len)
 
 	if ((off & (cs - 1)) || len != glen)
 		return 0;   /* discard works on whole clusters only */
+	/* v2 has no zero flag: unmapping would show the backing file through,
+	 * so, like qemu, discard does nothing there */
+	if (img->h.version < 3 && img->backing)
+		return 0;
 	ret = uq_map_entry(img, off, &m);
 	if (ret < 0)
 		return ret;
@@ -594,7 +599,10 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 {
 	struct wreq *wr;
 	uint64_t unit, done = 0;
-	int ret = check_writable(img, off, len);
+	int ret;
+
+	uq_errclear();   /* a failure below must not show an older message */
+	ret = check_writable(img, off, len);
 
 	if (ret < 0)
 		return ret;
@@ -950,12 +958,18 @@ int uq_preallocate(uq_image *img, enum uq_prealloc mode)
 		if (ret == 0 && mode == UQ_PREALLOC_FALLOC && f->fd >= 0 &&
 		    posix_fallocate(f->fd, (off_t)first, (off_t)(end - first)) != 0)
 			ret = uq_seterr(-EIO, "%s: fallocate failed", img->path);
-		for (uint64_t o = first; ret == 0 && mode == UQ_PREALLOC_FULL && o < end; ) {
+		/* zeros into the data clusters only: L2 tables lie among them */
+		for (uint64_t off = 0; ret == 0 && mode == UQ_PREALLOC_FULL && off < img->size;
+		     off += cs) {
 			static const uint8_t zeros[65536];
-			size_t n = end - o < sizeof(zeros) ? (size_t)(end - o) : sizeof(zeros);
+			struct uq_l2map m;
 
-			ret = io_pwrite_full(f, zeros, n, o);
-			o += n;
+			ret = uq_map_entry(img, off, &m);
+			for (uint64_t o = 0; ret == 0 && m.host_off && o < cs; o += sizeof(zeros)) {
+				size_t n = cs - o < sizeof(zeros) ? (size_t)(cs - o) : sizeof(zeros);
+
+				ret = io_pwrite_full(f, zeros, n, m.host_off + o);
+			}
 		}
 	}
 	if (ret == 0)
