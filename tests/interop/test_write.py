@@ -40,12 +40,7 @@ WRAP = []
 
 # Cases that fail because of engine bugs already reported: they print
 # XFAIL and don't fail the run; XPASS says one can go from this list.
-KNOWN = {
-    'create preallocation=full 1M ': 'preallocation=full zero-fills over the L2 table',
-    'create preallocation=full 1000 ': 'preallocation=full zero-fills over the L2 table',
-    'io datafile': 'the metadata-overlap check applies to data file offsets',
-    'io back-v2': 'discard on v2 with a backing file exposes the backing data',
-}
+KNOWN = {}
 
 
 class Result:
