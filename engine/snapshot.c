@@ -637,6 +637,21 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	return ret < 0 ? failed(img, ret) : 0;
 }
 
+/* Once a state's references are gone (ret 0): free its L1 table, write
+ * the refcounts and restore COPIED flags where a refcount fell to 1. */
+static int settle(uq_image *img, int ret, uint64_t l1_off, uint64_t l1_bytes)
+{
+	if (ret == 0)
+		ret = unref_range(img, l1_off, l1_bytes);
+	if (ret == 0)
+		ret = rc_sync(img);
+	if (ret == 0)
+		ret = uq_snap_fix_copied(img);
+	img->comp_next = 0;
+	written_to_host_end(img);
+	return ret < 0 ? failed(img, ret) : 0;
+}
+
 int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 {
 	uint64_t size, need, off = 0, old_off = img->h.l1_table_offset, *l1, *old;
@@ -716,16 +731,8 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	img->size = img->h.size = size;
 	/* the old state's references go; what only it used is freed */
 	ret = uq_snap_update_refs(img, old, old_n, -1, l1, n);
-	if (ret == 0)
-		ret = unref_range(img, old_off, (uint64_t)old_n * 8);
 	free(old);
-	if (ret == 0)
-		ret = rc_sync(img);
-	if (ret == 0)
-		ret = uq_snap_fix_copied(img);
-	img->comp_next = 0;
-	written_to_host_end(img);
-	return ret < 0 ? failed(img, ret) : 0;
+	return settle(img, ret, old_off, (uint64_t)old_n * 8);
 }
 
 int uq_snapshot_delete(uq_image *img, const char *name_or_id)
@@ -766,15 +773,7 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 	/* gone from the table: from here a crash only leaks */
 	ret = uq_snap_update_refs(img, l1, sn.l1_size, -1, NULL, 0);
 	free(l1);
-	if (ret == 0)
-		ret = unref_range(img, sn.l1_table_offset, (uint64_t)sn.l1_size * 8);
-	if (ret == 0)
-		ret = rc_sync(img);
-	if (ret == 0)
-		ret = uq_snap_fix_copied(img);
-	img->comp_next = 0;
-	written_to_host_end(img);
-	return ret < 0 ? failed(img, ret) : 0;
+	return settle(img, ret, sn.l1_table_offset, (uint64_t)sn.l1_size * 8);
 }
 
 int uq_snapshot_view(uq_image *img, const char *name_or_id)
