@@ -98,6 +98,10 @@ void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * left no message. */
 void cli_error_uq(int err, const char *what);
 
+/* uq_get_info into a new struct (it is large: kept off the stack);
+ * reports a failure under path. The caller frees *out. */
+int cli_get_info(uq_image *img, const char *path, struct uq_info **out);
+
 /* A verb's usage: to stdout for --help, to stderr after a bad option. */
 void cli_usage(const struct cli_verb *v, FILE *f);
 /* Print "uqcow: MSG" plus a hint to try --help; returns CLI_EXIT_FAIL. */

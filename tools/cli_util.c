@@ -491,3 +491,19 @@ bool cli_is_zero(const void *buf, size_t len)
 	/* The first byte is zero and every byte equals the next one. */
 	return p[0] == 0 && !memcmp(p, p + 1, len - 1);
 }
+
+int cli_get_info(uq_image *img, const char *path, struct uq_info **out)
+{
+	struct uq_info *in = malloc(sizeof(*in));
+	int ret;
+
+	*out = in;
+	if (!in) {
+		cli_error("out of memory");
+		return -ENOMEM;
+	}
+	ret = uq_get_info(img, in);
+	if (ret < 0)
+		cli_error_uq(ret, path);
+	return ret;
+}

@@ -59,22 +59,15 @@ static int check_compat(const char *path, const char *val, uint32_t version)
 static int amend(const char *path, const struct imgopts *io,
 		 const struct cli_open *o)
 {
-	struct uq_info *in = malloc(sizeof(*in));
+	struct uq_info *in = NULL;
 	uq_image *img = NULL;
 	int ret;
 
-	if (!in) {
-		cli_error("out of memory");
-		return -ENOMEM;
-	}
 	ret = cli_open_image(path, o, UQ_OPEN_RDWR, &img);
+	if (ret == 0)
+		ret = cli_get_info(img, path, &in);
 	if (ret < 0)
 		goto out;
-	ret = uq_get_info(img, in);
-	if (ret < 0) {
-		cli_error_uq(ret, path);
-		goto out;
-	}
 	if (in->format != UQ_FMT_QCOW2) {
 		cli_error("%s: format raw does not support option amendment", path);
 		ret = -ENOTSUP;

@@ -42,23 +42,16 @@ static int new_size(const char *arg, uint64_t cur, uint64_t *out)
 static int resize(const char *path, const char *arg, const struct cli_open *o,
 		  bool shrink, bool quiet)
 {
-	struct uq_info *in = malloc(sizeof(*in));
+	struct uq_info *in = NULL;
 	uq_image *img = NULL;
 	uint64_t size;
 	int ret;
 
-	if (!in) {
-		cli_error("out of memory");
-		return -ENOMEM;
-	}
 	ret = cli_open_image(path, o, UQ_OPEN_RDWR, &img);
+	if (ret == 0)
+		ret = cli_get_info(img, path, &in);
 	if (ret < 0)
 		goto out;
-	ret = uq_get_info(img, in);
-	if (ret < 0) {
-		cli_error_uq(ret, path);
-		goto out;
-	}
 	ret = new_size(arg, in->virtual_size, &size);
 	if (ret < 0)
 		goto out;

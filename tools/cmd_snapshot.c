@@ -33,16 +33,9 @@ static void row(const struct uq_snapshot_info *s)
 
 static int list(uq_image *img, const char *path)
 {
-	struct uq_info *in = malloc(sizeof(*in));
-	int ret;
+	struct uq_info *in;
+	int ret = cli_get_info(img, path, &in);
 
-	if (!in) {
-		cli_error("out of memory");
-		return -ENOMEM;
-	}
-	ret = uq_get_info(img, in);
-	if (ret < 0)
-		cli_error_uq(ret, path);
 	/* like qemu-img, nothing at all when there are no snapshots */
 	if (ret == 0 && in->nb_snapshots)
 		printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG",
