@@ -129,7 +129,9 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 	free(raw);
 	if (ret == 0)
 		ret = uq_meta_flush(img);
-	if (ret == 0 && !img->lazy)
+	/* lazy refcounts too: the dirty bit is set only once an L2 change
+	 * was flushed, and the header switch below is no L2 change */
+	if (ret == 0)
 		ret = uq_rc_write_dirty(img);
 	if (ret == 0)
 		ret = write_size_fields(img, size, (uint32_t)entries, off);
