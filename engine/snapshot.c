@@ -551,7 +551,7 @@ static unsigned long next_id(const uq_image *img)
 	return max + 1;
 }
 
-int uq_snapshot_create(uq_image *img, const char *name)
+static int snapshot_create(uq_image *img, const char *name)
 {
 	uint32_t n = img->h.l1_size;
 	uint64_t off = 0, *copy = NULL;
@@ -652,7 +652,7 @@ static int settle(uq_image *img, int ret, uint64_t l1_off, uint64_t l1_bytes)
 	return ret < 0 ? failed(img, ret) : 0;
 }
 
-int uq_snapshot_apply(uq_image *img, const char *name_or_id)
+static int snapshot_apply(uq_image *img, const char *name_or_id)
 {
 	uint64_t size, need, off = 0, old_off = img->h.l1_table_offset, *l1, *old;
 	uint32_t idx, n, old_n = img->h.l1_size;
@@ -735,7 +735,7 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	return settle(img, ret, old_off, (uint64_t)old_n * 8);
 }
 
-int uq_snapshot_delete(uq_image *img, const char *name_or_id)
+static int snapshot_delete(uq_image *img, const char *name_or_id)
 {
 	struct uq_snapshot_raw sn;
 	uint64_t *l1 = NULL;
@@ -774,6 +774,32 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 	ret = uq_snap_update_refs(img, l1, sn.l1_size, -1, NULL, 0);
 	free(l1);
 	return settle(img, ret, sn.l1_table_offset, (uint64_t)sn.l1_size * 8);
+}
+
+/* Every failure carries a message: I/O errors from below come bare. */
+static int explain(uq_image *img, int ret, const char *what)
+{
+	if (ret < 0 && !uq_errmsg()[0])
+		uq_seterr(ret, "%s: %s failed: %s", img->path, what, strerror(-ret));
+	return ret;
+}
+
+int uq_snapshot_create(uq_image *img, const char *name)
+{
+	uq_errclear();
+	return explain(img, snapshot_create(img, name), "snapshot create");
+}
+
+int uq_snapshot_apply(uq_image *img, const char *name_or_id)
+{
+	uq_errclear();
+	return explain(img, snapshot_apply(img, name_or_id), "snapshot apply");
+}
+
+int uq_snapshot_delete(uq_image *img, const char *name_or_id)
+{
+	uq_errclear();
+	return explain(img, snapshot_delete(img, name_or_id), "snapshot delete");
 }
 
 int uq_snapshot_view(uq_image *img, const char *name_or_id)
