@@ -31,7 +31,19 @@ struct gop {
 	uint64_t off, len;
 	uint8_t *data;         /* NULL: it failed, so the range may read anything */
 	bool resize;
-	uint64_t new_size;     /* the virtual size it set (resize) */
+	uint64_t new_size;     /* the virtual size it set (resize, snapshot apply) */
+	bool snapshot;         /* a snapshot create, apply or delete */
+};
+
+/* A snapshot the workload took: what it reads while it exists. */
+struct msnap {
+	char name[16];
+	size_t created;        /* index of its create among the guest operations */
+	size_t deleted;        /* index of the delete that removed it; SIZE_MAX: none */
+	bool uncertain;        /* its create or delete failed: it may or may not exist */
+	uint64_t size;
+	uint8_t *data;
+	uint8_t *unknown;      /* per sector: a failed operation touched it */
 };
 
 /* The guest as of a completed uq_flush: all of it must survive a crash. */
@@ -61,9 +73,11 @@ struct run {
 	size_t ngops, gcap;
 	struct snap *snaps;
 	size_t nsnaps, scap;
+	struct msnap *ms;      /* internal snapshots, in the order taken */
+	size_t nms, mscap;
 
 	/* results */
-	unsigned long points, samples, qemu_checks, uq_checks, failures;
+	unsigned long points, samples, qemu_checks, uq_checks, snap_checks, failures;
 	bool reftable_grew;
 	unsigned samples_per_interval;
 	unsigned qemu_budget;  /* qemu-img checks this run may still do */
@@ -87,6 +101,13 @@ int g_discard(struct run *R, uint64_t off, uint64_t len);
 int g_flush(struct run *R);
 int g_resize(struct run *R, uint64_t size);
 int g_amend(struct run *R, uint32_t bits);
+/* Internal snapshots: kind 'c' create, 'a' apply, 'd' delete NAME. They
+ * return once durable, so a successful one counts as a flush. A create
+ * refused for the refcount width (-ENOTSUP at 1 bit, -ERANGE where a count
+ * would overflow) or an apply refused for overflow must change nothing. */
+int g_snapshot(struct run *R, char kind, const char *name);
+/* The model's snapshot named name that still exists, or NULL. */
+struct msnap *find_msnap(struct run *R, const char *name);
 
 /* Fill buf with data of the kind a workload wants: random, or (for
  * compressed writes) runs that deflate well. */

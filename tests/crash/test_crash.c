@@ -297,6 +297,72 @@ static void wl_resize(struct run *R)
 	g_write(R, off, len, 0);
 }
 
+/* The i-th snapshot the model holds (of n). */
+static struct msnap *nth_live(struct run *R, uint64_t i)
+{
+	for (size_t k = 0; k < R->nms; k++)
+		if (find_msnap(R, R->ms[k].name) && !i--)
+			return &R->ms[k];
+	return NULL;
+}
+
+static uint64_t live_snapshots(struct run *R)
+{
+	uint64_t n = 0;
+
+	for (size_t k = 0; k < R->nms; k++)
+		n += find_msnap(R, R->ms[k].name) != NULL;
+	return n;
+}
+
+/* Internal snapshots taken, applied and deleted between allocating,
+ * compressed and partial writes, discards, zeroes and a growth, so that
+ * each crash window of the three (increments, COPIED flags, the table or
+ * L1 switch, the frees) is crossed with shared clusters of every kind. At
+ * width 1 a create must be refused without a write; at width 2 a third
+ * reference to a cluster must be refused, and that changes nothing. */
+static void wl_snapshot(struct run *R)
+{
+	uint64_t off, len;
+	char name[16];
+	int taken = 0;
+
+	for (int i = 0; i < 44; i++) {
+		uint64_t r = rnd_below(R, 24), live = live_snapshots(R);
+		struct msnap *m;
+
+		if (r < 7) {
+			off = pick(R, 3 * spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r < 9) {
+			off = pick_clusters(R, 2, &len);
+			g_write(R, off, len, UQ_WRITE_COMPRESSED);
+		} else if (r < 11) {
+			off = pick_clusters(R, 4, &len);
+			g_discard(R, off, len);
+		} else if (r == 11) {
+			off = pick_clusters(R, 2, &len);
+			g_zero(R, off, len, rnd_below(R, 2) ? UQ_ZERO_UNMAP : 0);
+		} else if (r < 16 && live < 4) {
+			snprintf(name, sizeof(name), "s%d", ++taken);
+			g_snapshot(R, 'c', name);
+		} else if (r < 19 && live) {
+			m = nth_live(R, rnd_below(R, live));
+			snprintf(name, sizeof(name), "%s", m->name);
+			g_snapshot(R, 'a', name);
+		} else if (r < 22 && live) {
+			m = nth_live(R, rnd_below(R, live));
+			snprintf(name, sizeof(name), "%s", m->name);
+			g_snapshot(R, 'd', name);
+		} else if (r == 23 && R->size < 2 * R->c.size) {
+			/* later snapshots have another size; applying goes back */
+			g_resize(R, R->size + 16 * R->c.cs);
+		}
+		if (i % 5 == 4)
+			g_flush(R);
+	}
+}
+
 struct workload {
 	const char *name;
 	uint32_t cs;
@@ -317,6 +383,7 @@ static const struct workload workloads[] = {
 	{ "l2",       512,  2 << 20,   0, 8, wl_l2 },
 	{ "amend",    1024, 128 << 10, 0, 8, wl_amend },
 	{ "resize",   512,  48 << 10,  0, 8, wl_resize },
+	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -331,6 +398,7 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 			 .size = w->size };
 	struct run R = { .verbose = verbose, .qemu_budget = 5 };
 	unsigned long states = 0;
+	char snaps[80] = "";
 	int ret;
 
 	c.seed = seed * 1000003 + wi * 8191 + bits * 131 + (uint64_t)lazy * 7;
@@ -344,10 +412,13 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	} else {
 		fail(&R, "could not set up the run (%d)", ret);
 	}
-	printf("crash %-8s bits=%-2u lazy=%d: %5lu crash states (%lu persistence points, "
-	       "%lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops recorded%s%s\n",
-	       w->name, bits, lazy, states, R.points, R.samples, R.uq_checks, R.qemu_checks,
-	       R.fl ? io_fault_nops(R.fl) : 0,
+	if (R.nms)
+		snprintf(snaps, sizeof(snaps), ", %zu snapshots taken, %lu snapshot reads",
+			 R.nms, R.snap_checks);
+	printf("crash %-8s -s %-3llu bits=%-2u lazy=%d: %5lu crash states (%lu persistence points, "
+	       "%lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops recorded%s%s%s\n",
+	       w->name, (unsigned long long)seed, bits, lazy, states, R.points, R.samples, R.uq_checks, R.qemu_checks,
+	       R.fl ? io_fault_nops(R.fl) : 0, snaps,
 	       strcmp(w->name, "rcgrow") ? "" : R.reftable_grew ? ", refcount table grew"
 								 : ", refcount table did not grow",
 	       R.failures ? " FAILED" : "");
@@ -361,8 +432,8 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: test_crash [-b BITS] [-l 0|1] [-s SEED] [-n SAMPLES] [-v] "
-		"WORKLOAD|all\nworkloads:");
+	fprintf(stderr, "usage: test_crash [-b BITS] [-l 0|1] [-s SEED] [-r ROUNDS] [-n SAMPLES] "
+		"[-v] WORKLOAD|all\n  -r runs seeds SEED .. SEED+ROUNDS-1\nworkloads:");
 	for (size_t i = 0; i < NWORKLOADS; i++)
 		fprintf(stderr, " %s", workloads[i].name);
 	fprintf(stderr, "\n  -v explains each failure (record ops, where a bad sector lives)\n"
@@ -372,15 +443,16 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-	int opt, lazy_only = -1, samples = -1;
+	int opt, lazy_only = -1, samples = -1, rounds = 1;
 	uint32_t bits_only = 0;
 	uint64_t seed = 1;
 	bool verbose = false;
 	struct totals t = { 0 };
 	int bad = 0, matched = 0;
 
-	while ((opt = getopt(argc, argv, "b:l:s:n:v")) != -1) {
+	while ((opt = getopt(argc, argv, "b:l:s:n:r:v")) != -1) {
 		switch (opt) {
+		case 'r': rounds = atoi(optarg); break;
 		case 'b': bits_only = (uint32_t)atoi(optarg); break;
 		case 'l': lazy_only = atoi(optarg); break;
 		case 's': seed = strtoull(optarg, NULL, 0); break;
@@ -402,9 +474,11 @@ int main(int argc, char **argv)
 			if (bits_only && widths[b] != bits_only)
 				continue;
 			for (int lazy = 0; lazy < 2; lazy++)
-				if (lazy_only < 0 || lazy_only == lazy)
-					bad |= run_one(w, wi, widths[b], lazy, seed, samples,
-						       verbose, &wt);
+				for (int r = 0; r < rounds; r++)
+					if (lazy_only < 0 || lazy_only == lazy)
+						bad |= run_one(w, wi, widths[b], lazy,
+							       seed + (uint64_t)r, samples,
+							       verbose, &wt);
 		}
 		printf("crash %-8s total: %lu crash states, %lu qemu-img checks, %lu failures\n",
 		       w->name, wt.states, wt.qemu, wt.failures);
