@@ -10,7 +10,9 @@
 #include "crash.h"
 
 /* A bit of everything on a small image: allocating and partial writes,
- * compressed writes, zeroes, discards, a width change and a resize. */
+ * compressed writes, zeroes, discards, a width change, a resize, and
+ * snapshots taken (refused at width 1, before the width change), applied
+ * and deleted. */
 static void workload(struct run *R)
 {
 	uint64_t cs = R->c.cs;
@@ -32,10 +34,18 @@ static void workload(struct run *R)
 			g_discard(R, c * cs, 2 * cs);
 		if (i % 4 == 3)
 			g_flush(R);
+		if (i == 5)
+			g_snapshot(R, 'c', "a");
 		if (i == 13)
 			g_amend(R, R->c.bits == 16 ? 4 : 16);
+		if (i == 15)
+			g_snapshot(R, 'c', "b");
 		if (i == 20)
 			g_resize(R, R->size + 64 * cs);
+		if (i == 23 && find_msnap(R, "a"))
+			g_snapshot(R, 'd', "a");
+		if (i == 25 && find_msnap(R, "b"))
+			g_snapshot(R, 'a', "b");
 	}
 }
 
