@@ -1011,6 +1011,30 @@ static bool dirty_bit(const struct io_fault_image *st)
 
 /* uqcow's own check on the state as the crash left it (read-only: the
  * state itself, not what a writable open made of it): no corruption. */
+/* The state as the crash left it, read-only: on disk (put back there, as
+ * a writable open may have repaired it) or in memory. NULL: reported. */
+static uq_image *open_state_ro(struct run *R, const struct io_fault_image *st, bool disk,
+			       const char *why, const char *label)
+{
+	struct uq_open_opts o = { .struct_size = sizeof(o) };
+	uq_image *img;
+
+	if (disk) {
+		if (write_file(R->state, st->data, st->len) < 0)
+			return NULL;
+		o.backend = UQ_IO_PSYNC;
+	} else {
+		o.backend = UQ_IO_MEM;
+		o.mem_data = st->data;
+		o.mem_len = st->len;
+	}
+	if (uq_open(R->state, &o, &img) < 0) {
+		fail(R, "%s: %s: the image does not open: %s", label, why, uq_errmsg());
+		return NULL;
+	}
+	return img;
+}
+
 static void count_lag(void *arg, const char *line)
 {
 	if (copied_lag_line(line))
@@ -1023,22 +1047,10 @@ static void uq_check_state(struct run *R, const struct io_fault_image *st, bool 
 	uint64_t lag = 0;
 	struct uq_check_result res = { .struct_size = sizeof(res), .report = count_lag,
 				       .arg = &lag };
-	struct uq_open_opts o = { .struct_size = sizeof(o) };
-	uq_image *img;
+	uq_image *img = open_state_ro(R, st, disk, "uqcow check", label);
 
-	if (disk) {
-		if (write_file(R->state, st->data, st->len) < 0)
-			return;
-		o.backend = UQ_IO_PSYNC;
-	} else {
-		o.backend = UQ_IO_MEM;
-		o.mem_data = st->data;
-		o.mem_len = st->len;
-	}
-	if (uq_open(R->state, &o, &img) < 0) {
-		fail(R, "%s: uqcow check: the image does not open: %s", label, uq_errmsg());
+	if (!img)
 		return;
-	}
 	if (uq_check(img, 0, &res) < 0)
 		fail(R, "%s: uqcow check failed to run: %s", label, uq_errmsg());
 	else if ((res.corruptions && !(lag_ok && res.corruptions == lag)) || res.check_errors)
@@ -1097,25 +1109,11 @@ static void check_snap_data(struct run *R, uq_image *img, const struct uq_snapsh
 static void check_snapshots(struct run *R, const struct io_fault_image *st, bool disk,
 			    size_t glo, size_t ghi, const char *label)
 {
-	struct uq_open_opts o = { .struct_size = sizeof(o) };
 	bool *seen;
 	uq_image *img;
 
-	if (!R->nms)
+	if (!R->nms || !(img = open_state_ro(R, st, disk, "reading the snapshots", label)))
 		return;
-	if (disk) {
-		if (write_file(R->state, st->data, st->len) < 0)
-			return;
-		o.backend = UQ_IO_PSYNC;
-	} else {
-		o.backend = UQ_IO_MEM;
-		o.mem_data = st->data;
-		o.mem_len = st->len;
-	}
-	if (uq_open(R->state, &o, &img) < 0) {
-		fail(R, "%s: read-only open for the snapshots failed: %s", label, uq_errmsg());
-		return;
-	}
 	seen = calloc(R->nms, sizeof(*seen));
 	if (!seen)
 		exit(1);
