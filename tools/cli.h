@@ -71,6 +71,11 @@ void cli_open_defaults(struct cli_open *o);
  * handled, 0 if opt isn't a shared one, -EINVAL after printing why. */
 int cli_open_option(struct cli_open *o, int opt, const char *arg);
 
+/* cli_open_option's options plus those every verb on one image gives the
+ * same meaning: -f FMT, -t CACHE and, where dash_o (bench and amend use -o
+ * otherwise), -o k=v,... Same returns. */
+int cli_image_option(struct cli_open *o, int opt, const char *arg, bool dash_o);
+
 /* -f FMT, -t/-T CACHE, --io=BACKEND, -o k=v,... (open options). Each
  * returns 0 or -EINVAL after printing why. */
 int cli_set_format(enum uq_format *fmt, const char *arg);
@@ -101,6 +106,9 @@ void cli_error_uq(int err, const char *what);
 /* uq_get_info into a new struct (it is large: kept off the stack);
  * reports a failure under path. The caller frees *out. */
 int cli_get_info(uq_image *img, const char *path, struct uq_info **out);
+
+/* The virtual size alone, through cli_get_info. */
+int cli_image_size(uq_image *img, const char *path, uint64_t *size);
 
 /* A verb's usage: to stdout for --help, to stderr after a bad option. */
 void cli_usage(const struct cli_verb *v, FILE *f);

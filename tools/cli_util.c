@@ -117,6 +117,26 @@ int cli_open_option(struct cli_open *o, int opt, const char *arg)
 	}
 }
 
+int cli_image_option(struct cli_open *o, int opt, const char *arg, bool dash_o)
+{
+	int r = cli_open_option(o, opt, arg);
+
+	if (r)
+		return r;
+	switch (opt) {
+	case 'f':
+		return cli_set_format(&o->format, arg) ? -EINVAL : 1;
+	case 't':
+		return cli_set_cache(o, arg) ? -EINVAL : 1;
+	case 'o':
+		if (!dash_o)
+			return 0;
+		return cli_set_open_options(o, arg) ? -EINVAL : 1;
+	default:
+		return 0;
+	}
+}
+
 int cli_open_image(const char *path, const struct cli_open *o,
 		   unsigned extra_flags, uq_image **img)
 {
@@ -505,5 +525,16 @@ int cli_get_info(uq_image *img, const char *path, struct uq_info **out)
 	ret = uq_get_info(img, in);
 	if (ret < 0)
 		cli_error_uq(ret, path);
+	return ret;
+}
+
+int cli_image_size(uq_image *img, const char *path, uint64_t *size)
+{
+	struct uq_info *in;
+	int ret = cli_get_info(img, path, &in);
+
+	if (ret == 0)
+		*size = in->virtual_size;
+	free(in);
 	return ret;
 }

@@ -133,7 +133,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	imgopts_init(&io, "qcow2");
 	while ((c = getopt_long(argc, argv, ":hf:o:pqt:U", longopts,
 				NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, false);
 
 		if (r < 0)
 			goto out;
@@ -144,20 +144,12 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			cli_usage(&cmd_amend, stdout);
 			ret = 0;
 			goto out;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				goto out;
-			break;
 		case 'o':
 			optv[noptv++] = optarg;
 			break;
 		case 'p':
 		case 'q':
 			break;   /* the rewrite is quick; no progress to show */
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				goto out;
-			break;
 		default:
 			free(optv);
 			return cli_opt_error(&cmd_amend, c, argv);

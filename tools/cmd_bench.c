@@ -232,7 +232,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	double t0, secs;
 
 	while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", longopts, NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, false);
 
 		if (r < 0)
 			return CLI_EXIT_FAIL;
@@ -250,10 +250,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			if (parse_count("queue depth", optarg, 1, INT_MAX, &v))
 				return CLI_EXIT_FAIL;
 			b.depth = (unsigned)v;
-			break;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
 			break;
 		case 'n':
 			/* qemu's Linux AIO: io_uring is the kernel async path here */
@@ -287,10 +283,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 				return CLI_EXIT_FAIL;
 			}
 			step_set = true;
-			break;
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				return CLI_EXIT_FAIL;
 			break;
 		case 'w':
 			b.write = true;
@@ -332,12 +324,9 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	b.offset = start;
 	if (cli_open_image(argv[optind], &o, 0, &b.img) < 0)
 		return CLI_EXIT_FAIL;
-	in = malloc(sizeof(*in));
-	if (!in || (ret = uq_get_info(b.img, in)) < 0) {
-		cli_error_uq(in ? ret : -ENOMEM, argv[optind]);
-		ret = in ? ret : -ENOMEM;
+	ret = cli_get_info(b.img, argv[optind], &in);
+	if (ret < 0)
 		goto out;
-	}
 	b.image_size = in->virtual_size;
 	if (b.size > b.image_size || start > b.image_size - b.size) {
 		cli_error("%s: offset %" PRIu64 " + request size %zu is past the image "

@@ -123,7 +123,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	int c, ret, status;
 
 	while ((c = getopt_long(argc, argv, ":hf:r:T:t:o:qpU", longopts, NULL)) != -1) {
-		int rr = cli_open_option(&o, c, optarg);
+		int rr = cli_image_option(&o, c, optarg, true);
 
 		if (rr < 0)
 			return CLI_EXIT_FAIL;
@@ -133,10 +133,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 'h':
 			cli_usage(&cmd_check, stdout);
 			return CLI_EXIT_OK;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case 'r':
 			if (!strcmp(optarg, "leaks")) {
 				flags = UQ_CHECK_REPAIR_LEAKS;
@@ -149,14 +145,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			}
 			break;
 		case 'T':
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
-		case 'o':
-			if (cli_set_open_options(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case 'q':
 			quiet = true;
 			break;

@@ -222,7 +222,6 @@ static int compare_tail(struct cmp *c, struct side *s, uint64_t off)
 static int open_side(struct side *s, const char *path, struct cli_open *o,
 		     const char *snapshot)
 {
-	struct uq_info *in;
 	int ret;
 
 	s->name = path;
@@ -230,17 +229,7 @@ static int open_side(struct side *s, const char *path, struct cli_open *o,
 		return -EINVAL;
 	if (snapshot && cli_snapshot_select(s->img, snapshot) < 0)
 		return -ENOENT;
-	in = malloc(sizeof(*in));
-	if (!in) {
-		cli_error("out of memory");
-		return -ENOMEM;
-	}
-	ret = uq_get_info(s->img, in);
-	if (ret < 0)
-		cli_error_uq(ret, path);
-	else
-		s->size = in->virtual_size;
-	free(in);
+	ret = cli_image_size(s->img, path, &s->size);
 	if (ret < 0)
 		return ret;
 	/* Page-aligned so either image may use O_DIRECT. */

@@ -345,24 +345,11 @@ static int pick_target(struct conv *c, const char *fmt, char **optv, int noptv,
 static int open_source(struct conv *c, const struct cli_open *o,
 		       const char *snapshot)
 {
-	struct uq_info *in;
-	int ret;
-
 	if (cli_open_image(c->src, o, 0, &c->img) < 0)
 		return -EINVAL;
 	if (snapshot && cli_snapshot_select(c->img, snapshot) < 0)
 		return -ENOENT;
-	in = malloc(sizeof(*in));
-	if (!in) {
-		cli_error("out of memory");
-		return -ENOMEM;
-	}
-	ret = uq_get_info(c->img, in);
-	if (ret < 0)
-		cli_error_uq(ret, c->src);
-	c->size = in->virtual_size;
-	free(in);
-	return ret;
+	return cli_image_size(c->img, c->src, &c->size);
 }
 
 static int alloc_buffers(struct conv *c)

@@ -235,7 +235,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	int c, ret = 0;
 
 	while ((c = getopt_long(argc, argv, ":hf:o:t:U", longopts, NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, true);
 
 		if (r < 0)
 			return CLI_EXIT_FAIL;
@@ -245,18 +245,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 'h':
 			cli_usage(&cmd_info, stdout);
 			return CLI_EXIT_OK;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
-			break;
-		case 'o':
-			if (cli_set_open_options(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case CLI_OPT_OUTPUT:
 			if (cli_set_output(&json, optarg))
 				return CLI_EXIT_FAIL;

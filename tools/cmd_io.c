@@ -404,13 +404,12 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	};
 	struct cli_open o = *defaults;
 	struct io_ctx x = { .readonly = false };
-	struct uq_info *in = NULL;
 	char **cmds = NULL;
 	int ncmds = 0, c, failed = 0, ret;
 
 	while ((c = getopt_long(argc, argv, ":hc:rf:nt:i:o:U", longopts,
 				NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, true);
 
 		if (r < 0)
 			goto fail;
@@ -432,23 +431,11 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 'r':
 			x.readonly = true;
 			break;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				goto fail;
-			break;
 		case 'n':
 			o.flags |= UQ_OPEN_DIRECT;
 			break;
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				goto fail;
-			break;
 		case 'i':
 			if (cli_set_backend(&o, optarg))
-				goto fail;
-			break;
-		case 'o':
-			if (cli_set_open_options(&o, optarg))
 				goto fail;
 			break;
 		default:
@@ -464,15 +451,8 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	/* Like qemu-io: read-write unless -r, whatever the commands are. */
 	if (cli_open_image(x.path, &o, x.readonly ? 0 : UQ_OPEN_RDWR, &x.img) < 0)
 		goto fail;
-	in = malloc(sizeof(*in));
-	if (!in || (ret = uq_get_info(x.img, in)) < 0) {
-		if (in)
-			cli_error_uq(ret, x.path);
-		else
-			cli_error("out of memory");
+	if (cli_image_size(x.img, x.path, &x.size) < 0)
 		goto fail;
-	}
-	x.size = in->virtual_size;
 	if (ncmds) {
 		/* Like qemu-io: a failed command doesn't stop the next ones. */
 		for (int i = 0; i < ncmds; i++)
@@ -500,7 +480,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		}
 		free(line);
 	}
-	free(in);
 	free(cmds);
 	/* Metadata still in memory is written here: a failure is reported. */
 	ret = uq_close(x.img);
@@ -511,7 +490,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	fflush(stdout);
 	return failed ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 fail:
-	free(in);
 	free(cmds);
 	if (x.img)
 		uq_close(x.img);

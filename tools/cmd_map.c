@@ -212,14 +212,13 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	};
 	struct cli_open o = *defaults;
 	uint64_t start = 0, max_len = UINT64_MAX, end;
-	struct uq_info *in = NULL;
 	bool json = false;
 	uq_image *img = NULL;
 	const char *snapshot = NULL;
 	int c, ret;
 
 	while ((c = getopt_long(argc, argv, ":hf:o:t:l:U", longopts, NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, true);
 
 		if (r < 0)
 			return CLI_EXIT_FAIL;
@@ -229,18 +228,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 'h':
 			cli_usage(&cmd_map, stdout);
 			return CLI_EXIT_OK;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
-			break;
-		case 'o':
-			if (cli_set_open_options(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case 'l':
 			snapshot = optarg;
 			break;
@@ -272,25 +259,15 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		ret = -ENOENT;
 		goto out;
 	}
-	in = malloc(sizeof(*in));
-	if (!in) {
-		cli_error("out of memory");
-		ret = -ENOMEM;
+	ret = cli_image_size(img, argv[optind], &end);
+	if (ret < 0)
 		goto out;
-	}
-	ret = uq_get_info(img, in);
-	if (ret < 0) {
-		cli_error_uq(ret, argv[optind]);
-		goto out;
-	}
-	end = in->virtual_size;
 	if (start > end)
 		start = end;
 	if (max_len < end - start)
 		end = start + max_len;
 	ret = map_image(img, argv[optind], start, end, json);
 out:
-	free(in);
 	if (img)
 		uq_close(img);
 	if (fflush(stdout) && !ret) {

@@ -115,23 +115,15 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	size = argv[--argc];
 	while ((c = getopt_long(argc, argv, ":hf:qt:U", longopts,
 				NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, true);
 
 		if (r < 0)
 			return CLI_EXIT_FAIL;
 		if (r > 0)
 			continue;
 		switch (c) {
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case 'q':
 			quiet = true;
-			break;
-		case 't':
-			if (cli_set_cache(&o, optarg))
-				return CLI_EXIT_FAIL;
 			break;
 		case OPT_SHRINK:
 			shrink = true;

@@ -130,7 +130,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	int c, ret;
 
 	while ((c = getopt_long(argc, argv, ":hf:la:c:d:qU", longopts, NULL)) != -1) {
-		int r = cli_open_option(&o, c, optarg);
+		int r = cli_image_option(&o, c, optarg, true);
 
 		if (r < 0)
 			return CLI_EXIT_FAIL;
@@ -140,10 +140,6 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		case 'h':
 			cli_usage(&cmd_snapshot, stdout);
 			return CLI_EXIT_OK;
-		case 'f':
-			if (cli_set_format(&o.format, optarg))
-				return CLI_EXIT_FAIL;
-			break;
 		case 'l':
 			r = set_action(&a, A_LIST, &name, NULL);
 			break;
