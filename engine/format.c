@@ -314,6 +314,27 @@ int uq_header_decode(const uint8_t *buf, size_t len, uint64_t file_size,
 	return check_snapshots_backing(h, len, csize, file_size);
 }
 
+bool uq_header_equal(const struct uq_header *a, const struct uq_header *b)
+{
+	return a->magic == b->magic && a->version == b->version &&
+	       a->backing_file_offset == b->backing_file_offset &&
+	       a->backing_file_size == b->backing_file_size &&
+	       a->cluster_bits == b->cluster_bits && a->size == b->size &&
+	       a->crypt_method == b->crypt_method &&
+	       a->l1_size == b->l1_size &&
+	       a->l1_table_offset == b->l1_table_offset &&
+	       a->refcount_table_offset == b->refcount_table_offset &&
+	       a->refcount_table_clusters == b->refcount_table_clusters &&
+	       a->nb_snapshots == b->nb_snapshots &&
+	       a->snapshots_offset == b->snapshots_offset &&
+	       a->incompatible_features == b->incompatible_features &&
+	       a->compatible_features == b->compatible_features &&
+	       a->autoclear_features == b->autoclear_features &&
+	       a->refcount_order == b->refcount_order &&
+	       a->header_length == b->header_length &&
+	       a->compression_type == b->compression_type;
+}
+
 int uq_header_encode(const struct uq_header *h, uint8_t *buf, size_t len)
 {
 	uint32_t hlen;

@@ -102,6 +102,8 @@ int uq_header_decode(const uint8_t *buf, size_t len, uint64_t file_size,
 
 /* Encode h into buf (len >= h->header_length). v2 writes 72 bytes. */
 int uq_header_encode(const struct uq_header *h, uint8_t *buf, size_t len);
+/* Do two headers agree in every field the codec reads and writes? */
+bool uq_header_equal(const struct uq_header *a, const struct uq_header *b);
 
 /* Minimum L1 entries for a virtual size (overflow-checked). */
 int uq_l1_entries_for(uint64_t size, uint32_t cluster_bits, bool extended_l2,

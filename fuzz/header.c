@@ -7,27 +7,6 @@
 #include "format.h"
 #include "fuzz.h"
 
-static bool header_equal(const struct uq_header *a, const struct uq_header *b)
-{
-	return a->magic == b->magic && a->version == b->version &&
-	       a->backing_file_offset == b->backing_file_offset &&
-	       a->backing_file_size == b->backing_file_size &&
-	       a->cluster_bits == b->cluster_bits && a->size == b->size &&
-	       a->crypt_method == b->crypt_method &&
-	       a->l1_size == b->l1_size &&
-	       a->l1_table_offset == b->l1_table_offset &&
-	       a->refcount_table_offset == b->refcount_table_offset &&
-	       a->refcount_table_clusters == b->refcount_table_clusters &&
-	       a->nb_snapshots == b->nb_snapshots &&
-	       a->snapshots_offset == b->snapshots_offset &&
-	       a->incompatible_features == b->incompatible_features &&
-	       a->compatible_features == b->compatible_features &&
-	       a->autoclear_features == b->autoclear_features &&
-	       a->refcount_order == b->refcount_order &&
-	       a->header_length == b->header_length &&
-	       a->compression_type == b->compression_type;
-}
-
 /* [off, off + bytes) is cluster aligned and ends inside the file. */
 static void check_table(uint64_t off, uint64_t bytes, uint64_t csize,
 			uint64_t file_size)
@@ -130,7 +109,7 @@ static void round_trip(const uint8_t *data, size_t size, uint64_t file_size,
 	memcpy(buf, data, size);
 	FUZZ_CHECK(uq_header_encode(h, buf, size) == 0);
 	FUZZ_CHECK(uq_header_decode(buf, size, file_size, &h2) == 0);
-	FUZZ_CHECK(header_equal(h, &h2));
+	FUZZ_CHECK(uq_header_equal(h, &h2));
 	free(buf);
 }
 
@@ -154,7 +133,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check_accepted(&hbig, size, huge[i]);
 			round_trip(data, size, huge[i], &hbig);
 			if (fits)
-				FUZZ_CHECK(header_equal(&h, &hbig));
+				FUZZ_CHECK(uq_header_equal(&h, &hbig));
 		} else {
 			FUZZ_CHECK(!fits);
 		}

@@ -84,27 +84,6 @@ static void make_header(struct uq_header *h, uint32_t version, uint32_t cb,
 	h->header_length = version == 2 ? QCOW_V2_HEADER_LEN : QCOW_V3_HEADER_LEN_CT;
 }
 
-static int header_equal(const struct uq_header *a, const struct uq_header *b)
-{
-	return a->magic == b->magic && a->version == b->version &&
-	       a->backing_file_offset == b->backing_file_offset &&
-	       a->backing_file_size == b->backing_file_size &&
-	       a->cluster_bits == b->cluster_bits && a->size == b->size &&
-	       a->crypt_method == b->crypt_method &&
-	       a->l1_size == b->l1_size &&
-	       a->l1_table_offset == b->l1_table_offset &&
-	       a->refcount_table_offset == b->refcount_table_offset &&
-	       a->refcount_table_clusters == b->refcount_table_clusters &&
-	       a->nb_snapshots == b->nb_snapshots &&
-	       a->snapshots_offset == b->snapshots_offset &&
-	       a->incompatible_features == b->incompatible_features &&
-	       a->compatible_features == b->compatible_features &&
-	       a->autoclear_features == b->autoclear_features &&
-	       a->refcount_order == b->refcount_order &&
-	       a->header_length == b->header_length &&
-	       a->compression_type == b->compression_type;
-}
-
 static void test_header_roundtrip(void)
 {
 	struct uq_header h, d;
@@ -118,7 +97,7 @@ static void test_header_roundtrip(void)
 		CHECK_OK(uq_header_encode(&h, buf, csize));
 		CHECK(buf[72] == 0xaa);         /* v2 writes 72 bytes only */
 		CHECK_OK(uq_header_decode(buf, csize, BIG_FILE, &d));
-		CHECK(header_equal(&h, &d));
+		CHECK(uq_header_equal(&h, &d));
 
 		for (order = 0; order <= 6; order++) {
 			make_header(&h, 3, cb, order);
@@ -146,7 +125,7 @@ static void test_header_roundtrip(void)
 			CHECK_OK(uq_header_encode(&h, buf, csize));
 			CHECK(buf[105] == 0 && buf[111] == 0);   /* padding */
 			CHECK_OK(uq_header_decode(buf, csize, BIG_FILE, &d));
-			CHECK(header_equal(&h, &d));
+			CHECK(uq_header_equal(&h, &d));
 		}
 		/* 104-byte v3 header: compression_type absent, reads 0. */
 		make_header(&h, 3, cb, 4);
@@ -155,7 +134,7 @@ static void test_header_roundtrip(void)
 		CHECK_OK(uq_header_encode(&h, buf, csize));
 		CHECK(buf[104] == 0xaa);
 		CHECK_OK(uq_header_decode(buf, csize, BIG_FILE, &d));
-		CHECK(header_equal(&h, &d));
+		CHECK(uq_header_equal(&h, &d));
 	}
 
 	/* Longer header_length is tolerated and padded with zeros. */
@@ -165,7 +144,7 @@ static void test_header_roundtrip(void)
 	CHECK_OK(uq_header_encode(&h, buf, 65536));
 	CHECK(buf[4095] == 0 && buf[4096] == 0xaa);
 	CHECK_OK(uq_header_decode(buf, 65536, BIG_FILE, &d));
-	CHECK(header_equal(&h, &d));
+	CHECK(uq_header_equal(&h, &d));
 
 	/* Unknown incompatible bits are the caller's business. */
 	make_header(&h, 3, 16, 4);
