@@ -537,8 +537,19 @@ static int snap_size(uq_image *img, const struct uq_snapshot_raw *sn, const char
 	return 0;
 }
 
-/* qemu's rule: one more than the largest numeric ID. */
-static unsigned long next_id(const uq_image *img)
+static bool id_taken(const uq_image *img, const char *id)
+{
+	for (uint32_t i = 0; i < img->nb_snaps; i++)
+		if (!strcmp(img->snaps[i].id, id))
+			return true;
+	return false;
+}
+
+/* qemu's rule: one more than the largest numeric ID. Unlike qemu, the
+ * result is unique even where the largest is ULONG_MAX and wraps (an ID
+ * names one snapshot, or apply and delete would pick the wrong one):
+ * at most nb_snaps candidates can be taken. */
+static void next_id(const uq_image *img, char *id, size_t len)
 {
 	unsigned long max = 0;
 
@@ -548,7 +559,9 @@ static unsigned long next_id(const uq_image *img)
 		if (v > max)
 			max = v;
 	}
-	return max + 1;
+	do
+		snprintf(id, len, "%lu", ++max);
+	while (id_taken(img, id));
 }
 
 static int snapshot_create(uq_image *img, const char *name)
@@ -616,7 +629,7 @@ static int snapshot_create(uq_image *img, const char *name)
 	if (ret < 0)
 		return failed(img, ret);
 	clock_gettime(CLOCK_REALTIME, &ts);
-	snprintf(id, sizeof(id), "%lu", next_id(img));
+	next_id(img, id, sizeof(id));
 	s.l1_table_offset = off;
 	s.l1_size = n;
 	s.id = (const uint8_t *)id;

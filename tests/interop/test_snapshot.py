@@ -370,7 +370,7 @@ def disk_size(env):
     env.qimg('snapshot', '-a', 'small', img)
     check_clean(env, img, 'qemu-img apply small')
     expect_content(env, img, small, 'qemu-img apply small')
-    env.uq('snapshot', '-a', '2', img)
+    env.uq('snapshot', '-a', '1', img)
     expect_content(env, img, big, 'apply 2')
     qi = json.loads(env.qimg('info', '--output=json', img)[1])
     if qi['virtual-size'] != 3 << 20:
@@ -451,6 +451,52 @@ def extra_data(env):
     if t[0][3] != kept or [n for _, n, _, _ in t] != ['e1', 'e3']:
         raise Fail('the entry with unknown extra data was not kept byte for byte')
     list_same(env, img, 'unknown extra data')
+
+
+def set_ids(path, ids):
+    """Rewrite the IDs of the snapshot table's entries in place (the table
+    keeps its cluster; only the ID bytes and lengths change)."""
+    with open(path, 'r+b') as f:
+        d = f.read()
+        off = struct.unpack('>Q', d[64:72])[0]
+        out = b''
+        for (_, _, extra, e), sid in zip(snap_table(path), ids):
+            il, nl = struct.unpack('>HH', e[12:16])
+            es = len(extra)
+            name = e[40 + es + il:40 + es + il + nl]
+            body = e[:12] + struct.pack('>HH', len(sid), nl) + e[16:40 + es] + sid + name
+            out += body + bytes(-len(body) % 8)
+        f.seek(off)
+        f.write(out)
+
+
+def id_wrap(env):
+    """qemu numbers a new snapshot one past the largest numeric ID; past
+    ULONG_MAX that wraps onto a taken ID. uqcow's stays unique, so -a and -d
+    by ID name the new snapshot."""
+    img = 'ids.qcow2'
+    env.qimg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', img, '1M')
+    m = Mirror(1 << 20)
+    env.io(img, ['write -P 0x31 0 8192'], False)
+    env.qimg('snapshot', '-c', 'a', img)
+    env.qimg('snapshot', '-c', 'b', img)
+    set_ids(env.path(img), [b'18446744073709551615', b'0'])
+    check_clean(env, img, 'crafting the IDs')
+    env.io(img, ['write -P 0x32 4096 4096'], False)
+    m.fill(0, 4096, 0x31)
+    m.fill(4096, 4096, 0x32)
+    env.uq('snapshot', '-c', 'new', img)
+    ids = [i for i, _, _, _ in snap_table(env.path(img))]
+    if len(set(ids)) != len(ids) or ids[-1] != '1':
+        raise Fail('IDs after a create past ULONG_MAX: %r (want unique, the new one 1)' % ids)
+    env.io(img, ['write -P 0x33 0 8192'], False)
+    env.uq('snapshot', '-a', '1', img)
+    check_clean(env, img, 'applying the new snapshot by ID')
+    expect_content(env, img, m, 'apply by ID after the wrap')
+    env.uq('snapshot', '-d', '1', img)
+    if [n for _, n, _, _ in snap_table(env.path(img))] != ['a', 'b']:
+        raise Fail('delete by ID removed another snapshot')
+    check_clean(env, img, 'deleting the new snapshot by ID')
 
 
 def limits(env):
@@ -606,7 +652,8 @@ def main():
         tests.append(('qemu-made.' + name, lambda e, n=name, o=opts: qemu_made(e, n, o)))
         tests.append(('uqcow-made.' + name, lambda e, n=name, o=opts: uqcow_made(e, n, o)))
     tests += [('disk-size', disk_size), ('refcount-bits-1', refcount_one),
-              ('narrow-widths', narrow), ('extra-data', extra_data), ('limits', limits)]
+              ('narrow-widths', narrow), ('extra-data', extra_data), ('id-wrap', id_wrap),
+              ('limits', limits)]
     for bits in (2, 4, 8, 16, 32, 64):
         tests.append(('random.rb%d' % bits, lambda e, b=bits: random_workload(
             e, b, a.seed * 1000 + b, steps)))
