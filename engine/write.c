@@ -893,10 +893,10 @@ int uq_write_open(uq_image *img)
 
 		/* refcounts may be behind the L2 tables: rebuild them */
 		ret = uq_count_refs(img, &counts, &n);
-		if (ret == 0)
+		if (ret == 0) {
 			ret = uq_rc_rebuild(img, counts, n, img->h.refcount_order);
-		if (ret == 0)
 			free(counts);
+		}
 		if (ret == 0)
 			ret = set_dirty_bit(img, false);
 		if (ret < 0)
