@@ -2,7 +2,8 @@
 /* Fuzz target: an image (front of the input) opened read-write from memory
  * and driven by a small script of operations (tail of the input): writes,
  * write-zeroes, discards, compressed writes, bursts of async writes,
- * flushes, reopens and checks. A mirror of the guest disk follows every
+ * flushes, internal snapshots (create, apply, delete; of its own or the
+ * image's), reopens and checks. A mirror of the guest disk follows every
  * acknowledged write. Invariants, for images that start out consistent:
  *   - uq_check finds no corruption, mid-script and after every reopen
  *     (refcount >= references, nothing referenced with refcount 0, no L2
@@ -12,7 +13,8 @@
  *   - the engine never marks such an image corrupt: that would mean it
  *     made its own metadata overlap (e.g. handed out a live L2 table);
  *   - every byte reads back as the mirror says, in the session and after
- *     the image is closed and opened again from the bytes it left.
+ *     the image is closed and opened again from the bytes it left; after
+ *     applying a snapshot the script took, as the mirror was then.
  * Images that start out inconsistent run the same script for crashes,
  * hangs and leaks only.
  *
@@ -37,6 +39,7 @@
 #define CHUNK (1u << 20)           /* readback unit */
 #define MAX_BURST 4
 #define FILE_ROOM (3 * MAX_VSIZE)  /* growth allowed past the input image */
+#define MAX_SNAPS 3                /* snapshots the script keeps mirrors of */
 
 /* image_mutator.c */
 size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
@@ -49,7 +52,7 @@ enum opcode {
 	OP_ZERO,
 	OP_DISCARD,
 	OP_COMPRESSED,
-	OP_FLUSH,
+	OP_FLUSH,      /* aux >> 14: 1 snapshot create, 2 apply, 3 delete */
 	OP_REOPEN,
 	OP_CHECK,
 	OP_VERIFY,
@@ -64,6 +67,13 @@ struct op {
 	uint32_t len;
 };
 
+/* A snapshot the script took: its ID and the guest as it was. */
+struct snap {
+	char id[128];         /* as struct uq_snapshot_info holds it */
+	uint64_t vsize;
+	uint8_t *mirror, *known;
+};
+
 struct sess {
 	uq_image *img;
 	struct io_fault *rec;   /* records every change: the bytes after close */
@@ -73,6 +83,8 @@ struct sess {
 	uint8_t *buf;
 	bool clean;             /* started consistent: invariants apply */
 	bool compressible;      /* uq_pwrite(UQ_WRITE_COMPRESSED) is accepted */
+	struct snap snaps[MAX_SNAPS];
+	unsigned nsnaps;
 };
 
 static void die(const char *what, const struct sess *s, uint64_t off)
@@ -347,8 +359,121 @@ static int run_burst(struct sess *s, const struct op *o)
 	return ret;
 }
 
+static void snap_free(struct snap *sn)
+{
+	free(sn->mirror);
+	free(sn->known);
+	memset(sn, 0, sizeof(*sn));
+}
+
+/* The mirror follows a new virtual size; false if too large to follow. */
+static bool mirror_resize(struct sess *s, uint64_t vsize)
+{
+	uint8_t *m, *k;
+
+	if (vsize == s->vsize)
+		return true;
+	if (!vsize || vsize > MAX_VSIZE)
+		return false;
+	m = realloc(s->mirror, (size_t)vsize);
+	if (m)
+		s->mirror = m;
+	k = m ? realloc(s->known, (size_t)vsize) : NULL;
+	if (!k)
+		return false;
+	s->known = k;
+	if (vsize > s->vsize)
+		memset(s->known + s->vsize, 0, (size_t)(vsize - s->vsize));
+	s->vsize = vsize;
+	return true;
+}
+
+static int snap_create(struct sess *s)
+{
+	struct uq_snapshot_info info;
+	struct snap *sn;
+	char name[16];
+	int ret;
+
+	if (s->nsnaps == MAX_SNAPS)
+		return 0;
+	sn = &s->snaps[s->nsnaps];
+	snprintf(name, sizeof(name), "fz%u", s->nsnaps);
+	ret = uq_snapshot_create(s->img, name);
+	/* refused for the width or the table's limits: nothing changed */
+	if (ret == -ENOTSUP || ret == -ERANGE || ret == -EFBIG)
+		return 0;
+	if (ret < 0)
+		return ret;
+	/* the new entry is the table's last; its ID is unique there */
+	FUZZ_CHECK(s->img->nb_snaps > 0);
+	FUZZ_CHECK(uq_snapshot_get(s->img, s->img->nb_snaps - 1, &info) == 0);
+	if (s->clean && strcmp(info.name, name))
+		die("a new snapshot is not the table's last entry", s, 0);
+	snprintf(sn->id, sizeof(sn->id), "%s", info.id);
+	sn->vsize = s->vsize;
+	sn->mirror = malloc((size_t)s->vsize);
+	sn->known = malloc((size_t)s->vsize);
+	if (!sn->mirror || !sn->known) {
+		snap_free(sn);
+		return 0;
+	}
+	memcpy(sn->mirror, s->mirror, (size_t)s->vsize);
+	memcpy(sn->known, s->known, (size_t)s->vsize);
+	s->nsnaps++;
+	return 0;
+}
+
+/* Apply or delete the image's snapshot number arg (of any origin). */
+static int snap_apply_delete(struct sess *s, bool apply, uint8_t arg, bool *stop)
+{
+	struct uq_snapshot_info info;
+	struct uq_info vi;
+	struct snap *mine = NULL;
+	unsigned k;
+	int ret;
+
+	if (!s->img->nb_snaps)
+		return 0;
+	if (uq_snapshot_get(s->img, arg % s->img->nb_snaps, &info) < 0)
+		return 0;
+	for (k = 0; k < s->nsnaps && !mine; k++)
+		if (!strcmp(s->snaps[k].id, info.id))
+			mine = &s->snaps[k];
+	ret = apply ? uq_snapshot_apply(s->img, info.id) : uq_snapshot_delete(s->img, info.id);
+	if (apply && ret == -ERANGE)
+		return 0;   /* refused: a count would overflow */
+	if (ret < 0) {
+		if (apply)   /* either state may be in force */
+			memset(s->known, 0, (size_t)s->vsize);
+		return ret;
+	}
+	if (!apply) {
+		if (mine) {
+			snap_free(mine);
+			*mine = s->snaps[--s->nsnaps];
+			memset(&s->snaps[s->nsnaps], 0, sizeof(*mine));
+		}
+		return 0;
+	}
+	FUZZ_CHECK(uq_get_info(s->img, &vi) == 0);
+	if (!mirror_resize(s, vi.virtual_size)) {
+		*stop = true;   /* a size the script can't mirror */
+		return 0;
+	}
+	if (!mine) {
+		memset(s->known, 0, (size_t)s->vsize);   /* no oracle for it */
+		return 0;
+	}
+	if (mine->vsize != s->vsize)
+		die("an applied snapshot came back with another size", s, 0);
+	memcpy(s->mirror, mine->mirror, (size_t)s->vsize);
+	memcpy(s->known, mine->known, (size_t)s->vsize);
+	return 0;
+}
+
 /* Run one operation. Returns 0, or the engine's error (script stops). */
-static int run_op(struct sess *s, const struct op *o, bool *reopen)
+static int run_op(struct sess *s, const struct op *o, bool *reopen, bool *stop)
 {
 	ssize_t r;
 	int ret = 0;
@@ -396,6 +521,10 @@ static int run_op(struct sess *s, const struct op *o, bool *reopen)
 		break;
 	}
 	case OP_FLUSH:
+		if (o->aux >> 14 == 1)
+			return snap_create(s);
+		if (o->aux >> 14)
+			return snap_apply_delete(s, o->aux >> 14 == 2, o->arg, stop);
 		ret = uq_flush(s->img);
 		break;
 	case OP_REOPEN:
@@ -453,8 +582,8 @@ static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
 
 	for (unsigned i = 0; i < nops && !failed; i++) {
 		struct op o = decode_op(ops + i * OP_SIZE, s);
-		bool do_reopen = false;
-		int ret = run_op(s, &o, &do_reopen);
+		bool do_reopen = false, stop = false;
+		int ret = run_op(s, &o, &do_reopen, &stop);
 
 		if (trace)
 			fprintf(stderr, "image_ops: op %u: %u arg 0x%02x aux %u "
@@ -477,6 +606,11 @@ static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
 				verify(s, 0, s->vsize);
 			if (reopen(s, true))
 				check(s, "after a failed request and reopen");
+			return;
+		}
+		if (stop) {
+			/* applied a size the mirror can't follow: no oracle */
+			check(s, "after applying a large snapshot");
 			return;
 		}
 		if (do_reopen) {
@@ -574,6 +708,8 @@ out:
 	free(s.mirror);
 	free(s.known);
 	free(s.buf);
+	for (unsigned k = 0; k < s.nsnaps; k++)
+		snap_free(&s.snaps[k]);
 	return 0;
 }
 
