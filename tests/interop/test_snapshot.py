@@ -370,7 +370,7 @@ def disk_size(env):
     env.qimg('snapshot', '-a', 'small', img)
     check_clean(env, img, 'qemu-img apply small')
     expect_content(env, img, small, 'qemu-img apply small')
-    env.uq('snapshot', '-a', '1', img)
+    env.uq('snapshot', '-a', '2', img)
     expect_content(env, img, big, 'apply 2')
     qi = json.loads(env.qimg('info', '--output=json', img)[1])
     if qi['virtual-size'] != 3 << 20:
