@@ -153,27 +153,49 @@ static int read_file(const char *path, uint8_t **data, uint64_t *len)
 
 /* ---- the model ---- */
 
+/* A copy of the guest as the model has it now: bytes and unknown sectors. */
+static void copy_guest(const struct run *R, uint8_t **data, uint8_t **unknown)
+{
+	uint64_t ns = R->size / SECTOR;
+
+	*data = malloc(R->size ? R->size : 1);
+	*unknown = malloc(ns ? ns : 1);
+	if (!*data || !*unknown) {
+		fprintf(stderr, "out of memory\n");
+		exit(1);
+	}
+	memcpy(*data, R->cur, R->size);
+	memcpy(*unknown, R->unknown, ns);
+}
+
+/* The first sector of [0, size) where got differs from want, skipping
+ * those a failed operation left unknown; UINT64_MAX where none does. */
+static uint64_t first_mismatch(const uint8_t *got, const uint8_t *want, const uint8_t *unknown,
+			       uint64_t size)
+{
+	for (uint64_t s = 0; s < size / SECTOR; s++)
+		if (!unknown[s] && memcmp(got + s * SECTOR, want + s * SECTOR, SECTOR))
+			return s;
+	return UINT64_MAX;
+}
+
 static void push_snap(struct run *R)
 {
 	struct snap *s;
-	uint64_t ns = R->size / SECTOR;
 
 	if (R->nsnaps == R->scap) {
 		R->scap = R->scap ? R->scap * 2 : 16;
 		R->snaps = realloc(R->snaps, R->scap * sizeof(*R->snaps));
+		if (!R->snaps) {
+			fprintf(stderr, "out of memory\n");
+			exit(1);
+		}
 	}
 	s = &R->snaps[R->nsnaps++];
 	s->pos = io_fault_nops(R->fl);
 	s->ngops = R->ngops;
 	s->size = R->size;
-	s->data = malloc(R->size ? R->size : 1);
-	s->unknown = malloc(ns ? ns : 1);
-	if (!R->snaps || !s->data || !s->unknown) {
-		fprintf(stderr, "out of memory\n");
-		exit(1);
-	}
-	memcpy(s->data, R->cur, R->size);
-	memcpy(s->unknown, R->unknown, ns);
+	copy_guest(R, &s->data, &s->unknown);
 }
 
 static struct gop *push_gop(struct run *R)
@@ -551,6 +573,7 @@ static void check_unchanged(struct run *R, const char *what)
 {
 	uint8_t *buf = malloc(R->size ? R->size : 1);
 	struct uq_info info;
+	uint64_t bad;
 
 	if (!buf || uq_get_info(R->img, &info) < 0)
 		exit(1);
@@ -559,20 +582,15 @@ static void check_unchanged(struct run *R, const char *what)
 		     (unsigned long long)info.virtual_size);
 	else if (uq_pread(R->img, buf, R->size, 0) != (ssize_t)R->size)
 		fail(R, "reading back after refused %s failed: %s", what, uq_errmsg());
-	else
-		for (uint64_t s = 0; s < R->size / SECTOR; s++)
-			if (!R->unknown[s] && memcmp(buf + s * SECTOR, R->cur + s * SECTOR, SECTOR)) {
-				fail(R, "refused %s changed guest sector 0x%llx", what,
-				     (unsigned long long)(s * SECTOR));
-				break;
-			}
+	else if ((bad = first_mismatch(buf, R->cur, R->unknown, R->size)) != UINT64_MAX)
+		fail(R, "refused %s changed guest sector 0x%llx", what,
+		     (unsigned long long)(bad * SECTOR));
 	free(buf);
 }
 
 static struct msnap *push_msnap(struct run *R, const char *name)
 {
 	struct msnap *m;
-	uint64_t ns = R->size / SECTOR;
 
 	if (R->nms == R->mscap) {
 		R->mscap = R->mscap ? R->mscap * 2 : 16;
@@ -586,12 +604,7 @@ static struct msnap *push_msnap(struct run *R, const char *name)
 	m->created = R->ngops;
 	m->deleted = SIZE_MAX;
 	m->size = R->size;
-	m->data = malloc(R->size ? R->size : 1);
-	m->unknown = malloc(ns ? ns : 1);
-	if (!m->data || !m->unknown)
-		exit(1);
-	memcpy(m->data, R->cur, R->size);
-	memcpy(m->unknown, R->unknown, ns);
+	copy_guest(R, &m->data, &m->unknown);
 	return m;
 }
 
@@ -599,7 +612,7 @@ static struct msnap *push_msnap(struct run *R, const char *name)
 static int apply_model(struct run *R, struct opctx x, struct msnap *m, int ret)
 {
 	struct gop *g = push_gop(R);
-	uint64_t old = R->size, hi = old > m->size ? old : m->size;
+	uint64_t old = R->size, hi = old > m->size ? old : m->size, bad;
 
 	g->what = "snapshot apply";
 	g->start = x.start;
@@ -620,12 +633,9 @@ static int apply_model(struct run *R, struct opctx x, struct msnap *m, int ret)
 		exit(1);
 	if (uq_pread(R->img, g->data, m->size, 0) != (ssize_t)m->size)
 		fail(R, "reading back after applying '%s' failed: %s", m->name, uq_errmsg());
-	for (uint64_t s = 0; s < m->size / SECTOR; s++)
-		if (!m->unknown[s] && memcmp(g->data + s * SECTOR, m->data + s * SECTOR, SECTOR)) {
-			fail(R, "after applying '%s' guest sector 0x%llx reads something else",
-			     m->name, (unsigned long long)(s * SECTOR));
-			break;
-		}
+	else if ((bad = first_mismatch(g->data, m->data, m->unknown, m->size)) != UINT64_MAX)
+		fail(R, "after applying '%s' guest sector 0x%llx reads something else",
+		     m->name, (unsigned long long)(bad * SECTOR));
 	memcpy(R->cur, g->data, m->size);
 	memcpy(R->unknown, m->unknown, m->size / SECTOR);
 	return ret;
@@ -1076,6 +1086,7 @@ static bool must_exist(const struct msnap *m, size_t glo, size_t ghi)
 static void check_snap_data(struct run *R, uq_image *img, const struct uq_snapshot_info *info,
 			    const struct msnap *m, const char *label)
 {
+	uint64_t bad;
 	uint8_t *buf;
 
 	if (info->disk_size != m->size) {
@@ -1092,14 +1103,9 @@ static void check_snap_data(struct run *R, uq_image *img, const struct uq_snapsh
 		exit(1);
 	if (uq_pread(img, buf, m->size, 0) != (ssize_t)m->size)
 		fail(R, "%s: reading snapshot '%s' failed: %s", label, m->name, uq_errmsg());
-	else
-		for (uint64_t s = 0; s < m->size / SECTOR; s++)
-			if (!m->unknown[s] && memcmp(buf + s * SECTOR, m->data + s * SECTOR, SECTOR)) {
-				fail(R, "%s: snapshot '%s' reads something else at 0x%llx than "
-				     "when it was taken", label, m->name,
-				     (unsigned long long)(s * SECTOR));
-				break;
-			}
+	else if ((bad = first_mismatch(buf, m->data, m->unknown, m->size)) != UINT64_MAX)
+		fail(R, "%s: snapshot '%s' reads something else at 0x%llx than when it was "
+		     "taken", label, m->name, (unsigned long long)(bad * SECTOR));
 	free(buf);
 }
 
