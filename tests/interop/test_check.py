@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import interop_common
+
 M64 = (1 << 64) - 1
 OFF_MASK = 0x00fffffffffffe00
 COPIED = 1 << 63
@@ -541,14 +543,9 @@ def main():
     ap.add_argument('-k', '--keep', action='store_true', help='keep the images')
     ap.add_argument('-v', '--verbose', action='store_true')
     a = ap.parse_args()
-    if not shutil.which('qemu-img') or not shutil.which('qemu-io'):
-        print('check: SKIP: qemu-img/qemu-io not found (Debian: qemu-utils)')
-        return 77
-    if not a.uqcow or not os.access(a.uqcow, os.X_OK):
-        print('check: no uqcow binary (--uqcow or UQCOW): %r' % a.uqcow)
-        return 1
-    exe = os.path.abspath(a.uqcow)
-    os.environ.setdefault('MALLOC_PERTURB_', '165')
+    exe, rc = interop_common.setup(a.uqcow, 'check')
+    if not exe:
+        return rc
     jobs = []
     for g, (_, feats) in GEOMETRIES.items():
         if a.quick and g not in QUICK:

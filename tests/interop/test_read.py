@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gen_images  # noqa: E402
+import interop_common  # noqa: E402
 
 CHUNK = 1 << 20
 INFO_KEYS = ['virtual-size', 'cluster-size', 'backing-filename',
@@ -269,17 +270,10 @@ def main():
     ap.add_argument('-k', '--keep', action='store_true', help='keep the images')
     ap.add_argument('-v', '--verbose', action='store_true')
     a = ap.parse_args()
-    if not shutil.which('qemu-img') or not shutil.which('qemu-io'):
-        print('interop: SKIP: qemu-img/qemu-io not found (Debian: qemu-utils)')
-        return 77
-    if not a.uqcow or not os.access(a.uqcow, os.X_OK):
-        print('interop: no uqcow binary (--uqcow or UQCOW): %r' % a.uqcow)
-        return 1
-    exe = os.path.abspath(a.uqcow)
+    exe, rc = interop_common.setup(a.uqcow, 'interop')
+    if not exe:
+        return rc
     WRAP[:] = (a.wrapper or '').split()
-    # fixed garbage in fresh allocations, so reads of uninitialised memory show
-    # up the same way every run (meson sets a random value itself)
-    os.environ.setdefault('MALLOC_PERTURB_', '165')
     t0 = time.monotonic()
     if a.images and os.path.exists(os.path.join(a.images, 'manifest.json')):
         root = a.images

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import interop_common
+
 FAST_SIZE = 512 << 10
 
 
@@ -636,14 +638,9 @@ def main():
     ap.add_argument('-k', '--keep', action='store_true', help='keep the images')
     ap.add_argument('-v', '--verbose', action='store_true')
     a = ap.parse_args()
-    if not shutil.which('qemu-img') or not shutil.which('qemu-io'):
-        print('snapshot interop: SKIP: qemu-img/qemu-io not found (Debian: qemu-utils)')
-        return 77
-    if not a.uqcow or not os.access(a.uqcow, os.X_OK):
-        print('snapshot interop: no uqcow binary (--uqcow or UQCOW): %r' % a.uqcow)
-        return 1
-    exe = os.path.abspath(a.uqcow)
-    os.environ.setdefault('MALLOC_PERTURB_', '165')
+    exe, rc = interop_common.setup(a.uqcow, 'snapshot interop')
+    if not exe:
+        return rc
     os.environ.setdefault('TZ', 'UTC')      # both tools print local dates
     steps = a.steps or (25 if a.quick else 60)
     root = tempfile.mkdtemp(prefix='uqcow-snapshot-')

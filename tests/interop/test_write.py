@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+import interop_common
+
 MiB = 1 << 20
 SIZE = 16 * MiB
 WIDTHS = [1, 2, 4, 8, 16, 32, 64]
@@ -748,15 +750,10 @@ def main():
     ap.add_argument('-k', '--keep', action='store_true', help='keep the images')
     ap.add_argument('-v', '--verbose', action='store_true')
     a = ap.parse_args()
-    if not shutil.which('qemu-img') or not shutil.which('qemu-io'):
-        print('interop: SKIP: qemu-img/qemu-io not found (Debian: qemu-utils)')
-        return 77
-    if not a.uqcow or not os.access(a.uqcow, os.X_OK):
-        print('interop: no uqcow binary (--uqcow or UQCOW): %r' % a.uqcow)
-        return 1
-    EXE = os.path.abspath(a.uqcow)
+    EXE, rc = interop_common.setup(a.uqcow, 'interop')
+    if not EXE:
+        return rc
     WRAP[:] = (a.wrapper or '').split()
-    os.environ.setdefault('MALLOC_PERTURB_', '165')
     root = tempfile.mkdtemp(prefix='uqcow-write-')
     only = set(a.only or ['create', 'io', 'convert', 'amend', 'resize'])
     t0 = time.monotonic()
