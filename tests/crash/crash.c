@@ -559,11 +559,15 @@ int g_amend(struct run *R, uint32_t bits)
 	return op_end(R, x, "amend", ret, 0, 0, NULL);
 }
 
+bool msnap_live(const struct msnap *m)
+{
+	return m->deleted == SIZE_MAX && !m->uncertain;
+}
+
 struct msnap *find_msnap(struct run *R, const char *name)
 {
 	for (size_t i = 0; i < R->nms; i++)
-		if (!strcmp(R->ms[i].name, name) && R->ms[i].deleted == SIZE_MAX &&
-		    !R->ms[i].uncertain)
+		if (!strcmp(R->ms[i].name, name) && msnap_live(&R->ms[i]))
 			return &R->ms[i];
 	return NULL;
 }

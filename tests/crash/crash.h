@@ -106,7 +106,9 @@ int g_amend(struct run *R, uint32_t bits);
  * refused for the refcount width (-ENOTSUP at 1 bit, -ERANGE where a count
  * would overflow) or an apply refused for overflow must change nothing. */
 int g_snapshot(struct run *R, char kind, const char *name);
-/* The model's snapshot named name that still exists, or NULL. */
+/* Does the model's snapshot still exist, for certain? */
+bool msnap_live(const struct msnap *m);
+/* The model's live snapshot named name, or NULL. */
 struct msnap *find_msnap(struct run *R, const char *name);
 
 /* Fill buf with data of the kind a workload wants: random, or (for

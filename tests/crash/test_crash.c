@@ -297,21 +297,21 @@ static void wl_resize(struct run *R)
 	g_write(R, off, len, 0);
 }
 
-/* The i-th snapshot the model holds (of n). */
+/* The i-th live snapshot of the model. */
 static struct msnap *nth_live(struct run *R, uint64_t i)
 {
 	for (size_t k = 0; k < R->nms; k++)
-		if (find_msnap(R, R->ms[k].name) && !i--)
+		if (msnap_live(&R->ms[k]) && !i--)
 			return &R->ms[k];
 	return NULL;
 }
 
-static uint64_t live_snapshots(struct run *R)
+static uint64_t live_snapshots(const struct run *R)
 {
 	uint64_t n = 0;
 
 	for (size_t k = 0; k < R->nms; k++)
-		n += find_msnap(R, R->ms[k].name) != NULL;
+		n += msnap_live(&R->ms[k]);
 	return n;
 }
 
@@ -415,10 +415,11 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	if (R.nms)
 		snprintf(snaps, sizeof(snaps), ", %zu snapshots taken, %lu snapshot reads",
 			 R.nms, R.snap_checks);
-	printf("crash %-8s -s %-3llu bits=%-2u lazy=%d: %5lu crash states (%lu persistence points, "
-	       "%lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops recorded%s%s%s\n",
-	       w->name, (unsigned long long)seed, bits, lazy, states, R.points, R.samples, R.uq_checks, R.qemu_checks,
-	       R.fl ? io_fault_nops(R.fl) : 0, snaps,
+	printf("crash %-8s -s %-3llu bits=%-2u lazy=%d: %5lu crash states (%lu persistence "
+	       "points, %lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops "
+	       "recorded%s%s%s\n", w->name, (unsigned long long)seed, bits, lazy, states,
+	       R.points, R.samples, R.uq_checks, R.qemu_checks, R.fl ? io_fault_nops(R.fl) : 0,
+	       snaps,
 	       strcmp(w->name, "rcgrow") ? "" : R.reftable_grew ? ", refcount table grew"
 								 : ", refcount table did not grow",
 	       R.failures ? " FAILED" : "");
