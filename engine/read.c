@@ -432,8 +432,10 @@ static void user_done(void *arg, ssize_t res)
 	uq_ctx_complete(d->ctx, d);
 }
 
-int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
-		uq_done_fn cb, void *arg)
+/* A caller's read on one context (the image's, or a queue's): its
+ * completion is delivered by that context's poll. */
+static int user_read(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len, uint64_t off,
+		     uq_done_fn cb, void *arg)
 {
 	struct uq_done *d = calloc(1, sizeof(*d));
 	int ret;
@@ -442,11 +444,17 @@ int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
 		return -ENOMEM;
 	d->cb = cb;
 	d->arg = arg;
-	d->ctx = img->ctx;
-	ret = uq_read_start(img, img->ctx, buf, len, off, user_done, d);
+	d->ctx = ctx;
+	ret = uq_read_start(img, ctx, buf, len, off, user_done, d);
 	if (ret < 0)
 		free(d);
 	return ret;
+}
+
+int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
+		uq_done_fn cb, void *arg)
+{
+	return user_read(img, img->ctx, buf, len, off, cb, arg);
 }
 
 static unsigned deliver(struct uq_ctx *ctx)
@@ -642,18 +650,7 @@ void uq_queue_destroy(uq_queue *q)
 int uq_queue_read(uq_queue *q, void *buf, size_t len, uint64_t off,
 		  uq_done_fn cb, void *arg)
 {
-	struct uq_done *d = calloc(1, sizeof(*d));
-	int ret;
-
-	if (!d)
-		return -ENOMEM;
-	d->cb = cb;
-	d->arg = arg;
-	d->ctx = &q->ctx;
-	ret = uq_read_start(q->img, &q->ctx, buf, len, off, user_done, d);
-	if (ret < 0)
-		free(d);
-	return ret;
+	return user_read(q->img, &q->ctx, buf, len, off, cb, arg);
 }
 
 int uq_queue_poll(uq_queue *q, unsigned min_complete)
