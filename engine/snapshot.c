@@ -545,6 +545,19 @@ static bool id_taken(const uq_image *img, const char *id)
 	return false;
 }
 
+/* The snapshot named name_or_id, and the virtual size it brings along. */
+static int snap_lookup(uq_image *img, const char *name_or_id, struct uq_snapshot_raw *sn,
+		       uint64_t *size, uint64_t *l1_entries)
+{
+	uint32_t idx;
+	int ret = uq_snap_find(img, name_or_id, &idx);
+
+	if (ret < 0)
+		return ret;
+	*sn = img->snaps[idx].raw;
+	return snap_size(img, sn, name_or_id, size, l1_entries);
+}
+
 /* qemu's rule: one more than the largest numeric ID. Unlike qemu, the
  * result is unique even where the largest is ULONG_MAX and wraps (an ID
  * names one snapshot, or apply and delete would pick the wrong one):
@@ -668,17 +681,13 @@ static int settle(uq_image *img, int ret, uint64_t l1_off, uint64_t l1_bytes)
 static int snapshot_apply(uq_image *img, const char *name_or_id)
 {
 	uint64_t size, need, off = 0, old_off = img->h.l1_table_offset, *l1, *old;
-	uint32_t idx, n, old_n = img->h.l1_size;
+	uint32_t n, old_n = img->h.l1_size;
 	struct uq_snapshot_raw sn;
 	uint8_t f[24];
 	int ret = need_snapshots(img, true);
 
 	if (ret == 0)
-		ret = uq_snap_find(img, name_or_id, &idx);
-	if (ret < 0)
-		return ret;
-	sn = img->snaps[idx].raw;
-	ret = snap_size(img, &sn, name_or_id, &size, &need);
+		ret = snap_lookup(img, name_or_id, &sn, &size, &need);
 	if (ret < 0)
 		return ret;
 	/* the L1 table covers both the snapshot's table and its disk size */
@@ -819,18 +828,13 @@ int uq_snapshot_view(uq_image *img, const char *name_or_id)
 {
 	struct uq_snapshot_raw sn;
 	uint64_t *l1, size, need;
-	uint32_t idx;
 	int ret = need_snapshots(img, false);
 
 	if (ret == 0 && (img->flags & UQ_OPEN_RDWR))
 		ret = uq_seterr(-EBUSY, "%s: open the image read-only to read a snapshot",
 				img->path);
 	if (ret == 0)
-		ret = uq_snap_find(img, name_or_id, &idx);
-	if (ret < 0)
-		return ret;
-	sn = img->snaps[idx].raw;
-	ret = snap_size(img, &sn, name_or_id, &size, &need);
+		ret = snap_lookup(img, name_or_id, &sn, &size, &need);
 	if (ret < 0)
 		return ret;
 	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
