@@ -79,6 +79,12 @@ enum bench_scale bench_scale(void);
 /* Monotonic clock in seconds. */
 double bench_now(void);
 
+/* End a timed step begun at t0 whose work returned ret: flush (the
+ * metadata is part of the cost), stop the clock, close the image, and
+ * record the time; on failure skip the run with the engine's message.
+ * Returns ret or the flush's error. */
+int bench_finish(struct bench_run *r, uq_image *img, int ret, double t0);
+
 /* A private directory under UQCOW_BENCH_DIR (default /tmp), made on first
  * use and removed, with everything in it, by bench_cleanup(). */
 const char *bench_dir(void);

@@ -22,7 +22,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 	bench_path(path, sizeof(path), "discard.qcow2");
 	while (bench_next(r)) {
 		uq_image *img;
-		double t0, t1;
+		double t0;
 		int ret;
 
 		/* falloc: every cluster allocated and backed by file blocks,
@@ -39,15 +39,8 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 			ret = uq_discard(img, 0, size);
 		else
 			ret = uq_write_zeroes(img, 0, size, op == OP_ZERO_UNMAP ? UQ_ZERO_UNMAP : 0);
-		if (ret == 0)
-			ret = uq_flush(img);
-		t1 = bench_now();
-		if (ret < 0)
-			bench_skip(r, uq_errmsg());
-		uq_close(img);
-		if (ret < 0)
+		if (bench_finish(r, img, ret, t0) < 0)
 			break;
-		bench_iteration_time(r, t1 - t0);
 		total += size;
 		if (bench_meta(path, &m) < 0) {
 			bench_skip(r, bench_errmsg());

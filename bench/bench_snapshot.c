@@ -59,7 +59,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 	bench_path(path, sizeof(path), "snap.qcow2");
 	while (bench_next(r)) {
 		uq_image *img;
-		double t0, t1;
+		double t0;
 		int ret = 0;
 
 		if (prepare(r, path, bits, size, nsnap, &img) < 0)
@@ -72,15 +72,8 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 		} else {
 			ret = uq_discard(img, 0, size);
 		}
-		if (ret == 0)
-			ret = uq_flush(img);
-		t1 = bench_now();
-		if (ret < 0)
-			bench_skip(r, uq_errmsg());
-		uq_close(img);
-		if (ret < 0)
+		if (bench_finish(r, img, ret, t0) < 0)
 			break;
-		bench_iteration_time(r, t1 - t0);
 		clusters += size / CLUSTER;
 	}
 	unlink(path);

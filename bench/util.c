@@ -57,6 +57,21 @@ double bench_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int bench_finish(struct bench_run *r, uq_image *img, int ret, double t0)
+{
+	double t1;
+
+	if (ret == 0)
+		ret = uq_flush(img);
+	t1 = bench_now();
+	if (ret < 0)
+		bench_skip(r, uq_errmsg());
+	uq_close(img);
+	if (ret == 0)
+		bench_iteration_time(r, t1 - t0);
+	return ret;
+}
+
 const char *bench_dir(void)
 {
 	pthread_mutex_lock(&dir_lock);
