@@ -12,30 +12,6 @@
 #define F_V3       0x02
 #define F_DATAFILE 0x04
 
-/* The geometry a valid header with these choices would give. */
-static void pick_geometry(uint8_t bits_sel, uint8_t flags, struct uq_geom *g)
-{
-	struct uq_header h;
-
-	memset(&h, 0, sizeof(h));
-	h.magic = QCOW_MAGIC;
-	h.cluster_bits = QCOW_MIN_CLUSTER_BITS +
-			 bits_sel % (QCOW_MAX_CLUSTER_BITS - QCOW_MIN_CLUSTER_BITS + 1);
-	/* extended L2 needs v3 and 16 KiB clusters; data files need v3 */
-	if (h.cluster_bits < 14)
-		flags &= (uint8_t)~F_EXTL2;
-	if (flags & (F_EXTL2 | F_DATAFILE))
-		flags |= F_V3;
-	h.version = flags & F_V3 ? 3 : 2;
-	h.header_length = flags & F_V3 ? QCOW_V3_HEADER_LEN : QCOW_V2_HEADER_LEN;
-	h.refcount_order = 4;
-	if (flags & F_EXTL2)
-		h.incompatible_features |= QCOW_INCOMPAT_EXTL2;
-	if (flags & F_DATAFILE)
-		h.incompatible_features |= QCOW_INCOMPAT_DATA_FILE;
-	uq_geom_init(&h, g);
-}
-
 static void check_l1(const struct uq_geom *g, uint64_t entry)
 {
 	uint64_t l2_off;
@@ -117,7 +93,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < 2)
 		return 0;
-	pick_geometry(data[0], data[1], &g);
+	fuzz_geometry(data[0], data[1] & F_V3, data[1] & F_EXTL2, data[1] & F_DATAFILE, &g);
 	data += 2;
 	size -= 2;
 

@@ -16,29 +16,6 @@
 
 static volatile uint64_t sink;
 
-static void pick_geometry(const uint8_t *p, struct uq_geom *g)
-{
-	struct uq_header h;
-	uint8_t flags = p[1];
-
-	memset(&h, 0, sizeof(h));
-	h.magic = QCOW_MAGIC;
-	h.cluster_bits = QCOW_MIN_CLUSTER_BITS +
-			 p[0] % (QCOW_MAX_CLUSTER_BITS - QCOW_MIN_CLUSTER_BITS + 1);
-	if (h.cluster_bits < 14)
-		flags &= (uint8_t)~F_EXTL2;
-	if (flags & (F_EXTL2 | F_DATAFILE))
-		flags |= F_V3;
-	h.version = flags & F_V3 ? 3 : 2;
-	h.header_length = flags & F_V3 ? QCOW_V3_HEADER_LEN : QCOW_V2_HEADER_LEN;
-	h.refcount_order = 4;
-	if (flags & F_EXTL2)
-		h.incompatible_features |= QCOW_INCOMPAT_EXTL2;
-	if (flags & F_DATAFILE)
-		h.incompatible_features |= QCOW_INCOMPAT_DATA_FILE;
-	uq_geom_init(&h, g);
-}
-
 static void check_entry(const struct uq_geom *g, const uint8_t *tab,
 			size_t len, size_t pos, uint64_t file_size,
 			const struct uq_snapshot_raw *s)
@@ -85,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size < PREFIX)
 		return 0;
-	pick_geometry(data, &g);
+	fuzz_geometry(data[0], data[1] & F_V3, data[1] & F_EXTL2, data[1] & F_DATAFILE, &g);
 	nb = data[1] & F_MAXSNAP ? QCOW_MAX_SNAPSHOTS : uq_be16(data + 2);
 	fsz = uq_be32(data + 4);
 	file_size = fsz ? (uint64_t)fsz << 9 : UINT64_MAX;
