@@ -10,119 +10,7 @@
 
 #include "check.h"
 #include "error.h"
-
-/* ---- real references for the write path (dirty-image repair) ---- */
-
-struct counter {
-	uq_image *img;
-	uint64_t *counts;
-	uint64_t n;
-};
-
-static int ref(struct counter *k, uint64_t off, uint64_t bytes, const char *what)
-{
-	uint64_t cb = k->img->g.cluster_bits;
-
-	if (!bytes)
-		return 0;
-	for (uint64_t c = off >> cb; c <= (off + bytes - 1) >> cb; c++) {
-		if (c >= k->n)
-			return uq_seterr(-EIO, "%s at 0x%llx lies past the end of the image",
-					 what, (unsigned long long)(c << cb));
-		k->counts[c]++;
-	}
-	return 0;
-}
-
-static int count_l2(struct counter *k, uint64_t l2_off)
-{
-	uq_image *img = k->img;
-	const struct uq_geom *g = &img->g;
-	uint8_t *tab = malloc(g->cluster_size);
-	int ret;
-
-	if (!tab)
-		return -ENOMEM;
-	ret = io_pread_full(img->file, tab, g->cluster_size, l2_off);
-	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
-		const uint8_t *e = tab + i * g->l2_entry_bytes;
-		struct uq_l2map m;
-
-		ret = uq_l2_decode(g, uq_be64(e), g->extended_l2 ? uq_be64(e + 8) : 0, &m);
-		if (ret < 0)
-			break;
-		if (m.type == UQ_C_COMPRESSED) {
-			uint64_t start = m.comp_off & ~511ull;
-
-			ret = ref(k, start, ((m.comp_off & 511) + m.comp_len + 511) & ~511ull,
-				  "compressed cluster");
-		} else if (m.host_off && !g->external_data) {
-			ret = ref(k, m.host_off, g->cluster_size, "data cluster");
-		}
-	}
-	free(tab);
-	return ret;
-}
-
-static int count_l1(struct counter *k, uint64_t l1_off, uint32_t l1_size, const uint64_t *l1)
-{
-	uq_image *img = k->img;
-	uint64_t *own = NULL;
-	int ret = ref(k, l1_off, (uint64_t)l1_size * 8, "L1 table");
-
-	if (ret == 0 && !l1 && l1_size) {
-		ret = uq_read_table64(img->file, l1_off, l1_size, &own);
-		l1 = own;
-	}
-	for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
-		uint64_t l2;
-		bool copied;
-
-		ret = uq_l1_decode(&img->g, l1[i], &l2, &copied);
-		if (ret == 0 && l2) {
-			ret = ref(k, l2, img->g.cluster_size, "L2 table");
-			if (ret == 0)
-				ret = count_l2(k, l2);
-		}
-	}
-	free(own);
-	return ret;
-}
-
-int uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *nclusters)
-{
-	struct counter k = { .img = img };
-	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
-	int ret;
-
-	k.n = (end + img->g.cluster_size - 1) >> img->g.cluster_bits;
-	k.counts = calloc(k.n ? k.n : 1, sizeof(uint64_t));
-	if (!k.counts)
-		return -ENOMEM;
-	ret = ref(&k, 0, img->g.cluster_size, "header");
-	if (ret == 0)
-		ret = count_l1(&k, img->h.l1_table_offset, img->h.l1_size, img->l1);
-	for (uint32_t i = 0; ret == 0 && i < img->nb_snaps; i++)
-		ret = count_l1(&k, img->snaps[i].raw.l1_table_offset,
-			       img->snaps[i].raw.l1_size, NULL);
-	if (ret == 0 && img->nb_snaps) {
-		uint64_t bytes = 0;
-
-		for (uint32_t i = 0; i < img->nb_snaps; i++)
-			bytes += img->snaps[i].raw.entry_len;
-		ret = ref(&k, img->h.snapshots_offset, bytes, "snapshot table");
-	}
-	if (ret == 0 && img->exts->has_bitmaps)
-		ret = ref(&k, img->exts->bitmap_directory_offset,
-			  img->exts->bitmap_directory_size, "bitmap directory");
-	if (ret < 0) {
-		free(k.counts);
-		return ret;
-	}
-	*counts = k.counts;
-	*nclusters = k.n;
-	return 0;
-}
+#include "walk.h"
 
 /* ---- counting ---- */
 
@@ -218,7 +106,7 @@ static void walk_compressed(struct ck *ck, uint64_t e, uint64_t bm, uint64_t i, 
 	coff = e & g->coffset_mask;
 	csize = (((e >> g->csize_shift) & g->csize_mask) + 1) * 512 - (coff & 511);
 	if (ck_ref(ck, coff, csize) == 0)
-		ck_mark(ck, coff, csize, K_COMPRESSED);
+		ck_mark(ck, coff, csize, UQ_MK_COMPRESSED);
 	if (active) {
 		ck->res->allocated_clusters++;
 		ck->res->compressed_clusters++;
@@ -325,125 +213,126 @@ static int walk_l2(struct ck *ck, uint8_t *tab, uint64_t l2_off, bool active, un
 		if (!g->external_data) {
 			ret = ck_ref(ck, off, ck->cs);
 			if (ret == 0)
-				ret = ck_mark(ck, off, ck->cs, K_DATA);
+				ret = ck_mark(ck, off, ck->cs, UQ_MK_DATA);
 		}
 	}
 	return ret;
 }
 
-static int walk_l1(struct ck *ck, uint64_t l1_off, uint32_t l1_size, const uint64_t *mem,
-		   bool active, unsigned fix)
+/* The counting walk: every region is a reference, checked as qemu does. */
+struct calc {
+	struct ck *ck;
+	unsigned fix;
+};
+
+static int calc_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
 {
-	uint64_t *own = NULL, *offs = NULL;
-	uint32_t *idx = NULL;
-	struct ck_reader rd = { 0 };
-	size_t n = 0;
-	int ret;
+	struct ck *ck = ((struct calc *)w->arg)->ck;
+	int ret = ck_ref(ck, off, len);
 
-	if (!l1_size)
-		return 0;
-	ret = ck_ref(ck, l1_off, (uint64_t)l1_size * 8);
-	if (ret < 0)
-		return ret;
-	if (!mem) {
-		ret = ck_read_table(ck->img, l1_off, l1_size, &own);
-		if (ret < 0) {
-			ck_msg(ck, "ERROR: I/O error in check_refcounts_l1");
-			ck->res->check_errors++;
-			return ret;
-		}
-		mem = own;
+	if (ret == 0 && k == UQ_MK_L2 && (off & (ck->cs - 1))) {
+		ck_msg(ck, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; "
+		       "L1 entry corrupted", off);
+		ck->res->corruptions++;
 	}
-	offs = malloc((size_t)l1_size * sizeof(*offs));
-	idx = malloc((size_t)l1_size * sizeof(*idx));
-	if (!offs || !idx) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	for (uint32_t i = 0; i < l1_size; i++) {
-		if (!mem[i])
-			continue;
-		offs[n] = mem[i] & QCOW_L1E_OFFSET_MASK;
-		idx[n++] = i;
-	}
-	ret = ck_reader_init(&rd, ck->img, offs, n);
-	for (size_t k = 0; ret == 0 && k < n; k++) {
-		uint64_t e = mem[idx[k]], l2 = offs[k];
-		uint8_t *tab;
-
-		if (e & QCOW_L1E_RESERVED) {
-			ck_msg(ck, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
-			ck->res->corruptions++;
-		}
-		ret = ck_ref(ck, l2, ck->cs);
-		if (ret < 0)
-			break;
-		if (l2 & (ck->cs - 1)) {
-			ck_msg(ck, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; "
-			       "L1 entry corrupted", l2);
-			ck->res->corruptions++;
-		}
-		ret = ck_reader_next(&rd, &tab);
-		if (ret < 0) {
-			ck_msg(ck, "ERROR: I/O error in check_refcounts_l2");
-			ck->res->check_errors++;
-			break;
-		}
-		ret = walk_l2(ck, tab, l2, active, fix);
-		ck_work(ck, 1);
-	}
-out:
-	ck_reader_free(&rd);
-	free(offs);
-	free(idx);
-	free(own);
-	if (ret == -ENOMEM)
-		ck->res->check_errors++;
 	return ret;
+}
+
+static int calc_l1_entry(struct uq_walk *w, uint32_t idx, uint64_t e)
+{
+	struct ck *ck = ((struct calc *)w->arg)->ck;
+
+	(void)idx;
+	if (e & QCOW_L1E_RESERVED) {
+		ck_msg(ck, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
+		ck->res->corruptions++;
+	}
+	return 0;
+}
+
+static int calc_l2_table(struct uq_walk *w, uint64_t l2_off, uint8_t *tab)
+{
+	struct calc *c = w->arg;
+	int ret = walk_l2(c->ck, tab, l2_off, w->snap < 0, c->fix);
+
+	ck_work(c->ck, 1);
+	return ret;
+}
+
+static int calc_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
+{
+	struct ck *ck = ((struct calc *)w->arg)->ck;
+
+	(void)off;
+	if (k == UQ_MK_L1 || k == UQ_MK_L2) {
+		ck_msg(ck, "ERROR: I/O error in check_refcounts_%s", k == UQ_MK_L1 ? "l1" : "l2");
+		ck->res->check_errors++;
+		return err;
+	}
+	ck->bm_bad++;             /* a bitmap structure */
+	return 0;
 }
 
 /* Refcount blocks: each must be referenced exactly once (by the table). */
-static int check_refblocks(struct ck *ck, unsigned fix)
+static int calc_refblock(struct uq_walk *w, uint64_t i, uint64_t raw)
 {
-	for (uint64_t i = 0; i < ck->rt_n; i++) {
-		uint64_t raw = ck->rt[i], off = raw & QCOW_REFT_OFFSET_MASK;
-		uint64_t c = off >> ck->img->g.cluster_bits;
-		int ret;
+	struct calc *cl = w->arg;
+	struct ck *ck = cl->ck;
+	uint64_t off = raw & QCOW_REFT_OFFSET_MASK;
+	uint64_t c = off >> ck->img->g.cluster_bits;
+	int ret;
 
-		if (raw & QCOW_REFT_RESERVED) {
-			ck_msg(ck, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
-			ck->res->corruptions++;
+	if (raw & QCOW_REFT_RESERVED) {
+		ck_msg(ck, "ERROR refcount table entry %" PRIu64 " has reserved bits set", i);
+		ck->res->corruptions++;
+		ck->rebuild = true;
+		return 0;
+	}
+	if (off & (ck->cs - 1)) {
+		ck_msg(ck, "ERROR refcount block %" PRIu64 " is not cluster aligned; "
+		       "refcount table entry corrupted", i);
+		ck->res->corruptions++;
+		ck->rebuild = true;
+		return 0;
+	}
+	if (c >= ck->nb) {
+		/* qemu grows the file to reach it; a rebuild drops it instead */
+		ck_msg(ck, "%s refcount block %" PRIu64 " is outside image",
+		       cl->fix & UQ_CHECK_REPAIR_ERRORS ? "Repairing" : "ERROR", i);
+		ck->res->corruptions++;
+		ck->outside = true;
+		if (cl->fix & UQ_CHECK_REPAIR_ERRORS)
 			ck->rebuild = true;
-			continue;
-		}
-		if (off & (ck->cs - 1)) {
-			ck_msg(ck, "ERROR refcount block %" PRIu64 " is not cluster aligned; "
-			       "refcount table entry corrupted", i);
-			ck->res->corruptions++;
-			ck->rebuild = true;
-			continue;
-		}
-		if (c >= ck->nb) {
-			/* qemu grows the file to reach it; a rebuild drops it instead */
-			ck_msg(ck, "%s refcount block %" PRIu64 " is outside image",
-			       fix & UQ_CHECK_REPAIR_ERRORS ? "Repairing" : "ERROR", i);
-			ck->res->corruptions++;
-			ck->outside = true;
-			if (fix & UQ_CHECK_REPAIR_ERRORS)
-				ck->rebuild = true;
-			continue;
-		}
-		if (!off)
-			continue;
-		ret = ck_ref(ck, off, ck->cs);
-		if (ret < 0)
-			return ret;
-		if (ck->counts[c] != 1) {
-			ck_msg(ck, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
-			       ck->counts[c]);
-			ck->res->corruptions++;
-			ck->rebuild = true;
-		}
+		return 0;
+	}
+	if (!off)
+		return 0;
+	ret = ck_ref(ck, off, ck->cs);
+	if (ret < 0)
+		return ret;
+	if (ck->counts[c] != 1) {
+		ck_msg(ck, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
+		       ck->counts[c]);
+		ck->res->corruptions++;
+		ck->rebuild = true;
+	}
+	return 0;
+}
+
+/* Messages qemu prints between stages of its walk. */
+static int calc_stage(struct uq_walk *w, enum uq_mkind k)
+{
+	struct ck *ck = ((struct calc *)w->arg)->ck;
+	uq_image *img = ck->img;
+
+	if (k == UQ_MK_L1 && w->snap == 0 && img->g.external_data) {
+		ck_msg(ck, "ERROR %u snapshots in image with data file", img->nb_snaps);
+		ck->res->corruptions++;
+	}
+	if (k == UQ_MK_REFBLOCK && ck->bm_bad) {
+		ck_msg(ck, "ERROR %" PRIu64 " corrupt bitmap directory or table entries",
+		       ck->bm_bad);
+		ck->res->corruptions += ck->bm_bad;
 	}
 	return 0;
 }
@@ -453,36 +342,22 @@ static int check_refblocks(struct ck *ck, unsigned fix)
  * table, refcount table, bitmaps, refcount blocks. */
 int ck_calculate(struct ck *ck, unsigned fix)
 {
-	uq_image *img = ck->img;
 	struct uq_check_result *res = ck->res;
+	struct calc c = { .ck = ck, .fix = fix };
+	struct uq_walk w = { .img = ck->img, .what = UQ_WALK_ALL, .reftable = ck->rt,
+			     .reftable_n = ck->rt_n, .region = calc_region,
+			     .stage = calc_stage, .l1_entry = calc_l1_entry,
+			     .l2_table = calc_l2_table, .refblock = calc_refblock,
+			     .bad = calc_bad, .arg = &c };
 	int ret;
 
 	memset(ck->counts, 0, ck->cap * sizeof(*ck->counts));
 	ck->rebuild = ck->outside = false;
+	ck->bm_bad = 0;
 	res->allocated_clusters = res->fragmented_clusters = res->compressed_clusters = 0;
-	ret = ck_ref(ck, 0, ck->cs);
-	if (ret == 0)
-		ret = walk_l1(ck, img->h.l1_table_offset, img->h.l1_size, img->l1, true, fix);
-	if (ret == 0 && img->g.external_data && img->nb_snaps) {
-		ck_msg(ck, "ERROR %u snapshots in image with data file", img->nb_snaps);
-		res->corruptions++;
-	}
-	for (uint32_t i = 0; ret == 0 && i < img->nb_snaps; i++)
-		ret = walk_l1(ck, img->snaps[i].raw.l1_table_offset, img->snaps[i].raw.l1_size,
-			      NULL, false, fix);
-	if (ret == 0)
-		ret = ck_ref(ck, img->h.snapshots_offset, ck_snaptable_bytes(img));
-	if (ret == 0)
-		ret = ck_ref(ck, img->h.refcount_table_offset, ck->rt_n * 8);
-	for (size_t i = 0; ret == 0 && i < ck->nbm; i++)
-		ret = ck_ref(ck, ck->bm[i].off, ck->bm[i].len);
-	if (ck->bm_bad) {
-		ck_msg(ck, "ERROR %" PRIu64 " corrupt bitmap directory or table entries",
-		       ck->bm_bad);
-		res->corruptions += ck->bm_bad;
-	}
-	if (ret == 0)
-		ret = check_refblocks(ck, fix);
+	ret = uq_walk(&w);
+	if (ret == -ENOMEM)
+		res->check_errors++;
 	return ret;
 }
 
@@ -587,7 +462,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 	uq_image *img = ck->img;
 	uint64_t per = 1ull << img->g.rb_bits, nblocks = (ck->nb + per - 1) / per;
 	uint64_t *offs = calloc(nblocks ? nblocks : 1, sizeof(*offs));
-	struct ck_reader rd = { 0 };
+	struct uq_treader rd = { 0 };
 	size_t n = 0;
 	int ret;
 
@@ -600,7 +475,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 	for (uint64_t i = 0; i < nblocks && i < ck->rt_n; i++)
 		if (ck_rt_usable(ck, ck->rt[i], &offs[n]))
 			n++;
-	ret = ck_reader_init(&rd, img, offs, n);
+	ret = uq_treader_init(&rd, img, offs, n);
 	for (uint64_t i = 0; ret == 0 && i < nblocks; i++) {
 		uint64_t first = i * per, end = first + per < ck->nb ? first + per : ck->nb;
 		uint64_t off = 0;
@@ -610,7 +485,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 		if (i < ck->rt_n && (ck->rt[i] & QCOW_REFT_OFFSET_MASK)) {
 			if (!ck_rt_usable(ck, ck->rt[i], &off))
 				unknown = true;     /* unaligned: the block can't be read */
-			else if (ck_reader_next(&rd, &blk) < 0)
+			else if (uq_treader_next(&rd, &blk) < 0)
 				unknown = true;
 			ck_work(ck, 1);
 		}
@@ -631,7 +506,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 				ret = compare_one(ck, fix, c, s, r);
 		}
 	}
-	ck_reader_free(&rd);
+	uq_treader_free(&rd);
 	free(offs);
 	if (ret == 0 && fix)
 		ret = ck_write_refcounts(ck);
@@ -656,7 +531,7 @@ void ck_report_overlaps(struct ck *ck)
 		if (!in_place && right)
 			continue;
 		ck_msg(ck, "ERROR cluster %" PRIu64 " is used as %s and as %s",
-		       o->cluster, ck_kind_name(o->a), ck_kind_name(o->b));
+		       o->cluster, uq_mkind_name(o->a), uq_mkind_name(o->b));
 		/* an overflow was counted for it already */
 		if (right && !(ck->kind[o->cluster] & K_OVERFLOW))
 			ck->res->corruptions++;

@@ -9,24 +9,10 @@
 #include <stdint.h>
 
 #include "internal.h"
+#include "walk.h"
 
-/* What a host cluster holds, to find clusters used twice. */
-enum ck_kind {
-	K_NONE,
-	K_HEADER,
-	K_L1,
-	K_REFTABLE,
-	K_REFBLOCK,
-	K_SNAPTABLE,
-	K_BITMAP_DIR,
-	K_BITMAP_TABLE,
-	/* below: clusters that copy-on-write protects, so sharing them is
-	 * consistent as long as the refcount covers every user */
-	K_L2,
-	K_BITMAP_DATA,
-	K_DATA,
-	K_COMPRESSED,
-};
+/* What a host cluster holds (enum uq_mkind, walk.h) in the low bits of
+ * ck->kind, with these flags above: */
 #define K_MASK     0x0f
 #define K_OVERFLOW 0x20   /* more references than the refcount width holds */
 #define K_SHARED   0x40   /* a second kind was seen */
@@ -34,7 +20,7 @@ enum ck_kind {
 
 static inline bool ck_kind_in_place(unsigned k)
 {
-	return k != K_NONE && k < K_L2;
+	return k != UQ_MK_NONE && k < UQ_MK_L2;
 }
 
 /* A stored refcount that differs from the real count (or can't be read). */
@@ -48,11 +34,6 @@ struct ck_diff {
 struct ck_overlap {
 	uint64_t cluster;
 	uint8_t a, b;
-};
-
-/* A region the bitmaps use, found when the metadata map is built. */
-struct ck_region {
-	uint64_t off, len;
 };
 
 struct ck {
@@ -72,34 +53,12 @@ struct ck {
 	size_t ndiff, diff_cap;
 	struct ck_overlap *ov;
 	size_t nov, ov_cap;
-	struct ck_region *bm;     /* bitmap directory, tables and data clusters */
-	size_t nbm, bm_cap;
 	uint64_t bm_bad;          /* bitmap entries found corrupt */
 	uint8_t *far;             /* the last refcount block read for a cluster */
 	uint64_t far_off;         /* past the compared range, and its offset */
 	bool repair_handle;       /* opened with UQ_OPEN_REPAIR */
 	int state_err;            /* setting up the write state failed */
 	uint64_t work_done, work_total;
-};
-
-/* Reads a list of tables (one cluster each) through the image's queue,
- * several in flight, and hands them out in list order: problem lines come
- * out in the order a sequential walk prints them, and nothing outside the
- * list (unallocated ranges) is read. */
-struct ck_rslot {
-	struct io_req io;         /* first: the completion gets a struct ck_rslot */
-	uint8_t *buf;
-	int state;                /* 0 idle, 1 in flight, 2 done */
-	ssize_t res;
-};
-
-struct ck_reader {
-	uq_image *img;
-	size_t len;
-	const uint64_t *off;
-	size_t n, sub, got;
-	unsigned depth;
-	struct ck_rslot *s;
 };
 
 /* An L2 entry as qemu classifies it (the zero flag means nothing with
@@ -109,18 +68,11 @@ enum ck_ctype { CT_UNALLOC, CT_ZERO_PLAIN, CT_ZERO_ALLOC, CT_NORMAL, CT_COMPRESS
 /* checkmap.c */
 void ck_msg(struct ck *ck, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ck_work(struct ck *ck, uint64_t n);
-int ck_reader_init(struct ck_reader *r, uq_image *img, const uint64_t *off, size_t n);
-int ck_reader_next(struct ck_reader *r, uint8_t **buf);
-void ck_reader_free(struct ck_reader *r);
-const char *ck_kind_name(unsigned k);
 int ck_grow(struct ck *ck, uint64_t n);
 int ck_mark(struct ck *ck, uint64_t off, uint64_t size, unsigned k);
 /* Does [off, off+len) touch a cluster that has an in-place kind besides
  * another use (writing there would change other metadata)? */
 bool ck_conflicts(const struct ck *ck, uint64_t off, uint64_t len);
-/* n big-endian 64-bit entries at off, in host order (malloc'd). */
-int ck_read_table(uq_image *img, uint64_t off, uint32_t n, uint64_t **out);
-uint64_t ck_snaptable_bytes(const uq_image *img);
 bool ck_rt_usable(const struct ck *ck, uint64_t raw, uint64_t *off);
 /* File size, arrays, refcount table and metadata map for the image as it
  * is on disk now; *nl2_active: L2 tables of the active L1. */

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "internal.h"
+#include "walk.h"
 
 #define PROBE_BYTES (2u << 20) /* one maximal cluster holds header + extensions */
 
@@ -112,29 +113,6 @@ static int check_features(uq_image *img)
 		return uq_seterr(-EINVAL, "backing_file_offset: a raw external data "
 				 "file can't have a backing file");
 	return 0;
-}
-
-int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
-{
-	uint8_t *raw = malloc(n ? n * 8 : 1);
-	uint64_t *t = malloc(n ? n * 8 : 1);
-	int ret;
-
-	*out = NULL;
-	if (!raw || !t) {
-		free(raw);
-		free(t);
-		return -ENOMEM;
-	}
-	ret = io_pread_full(f, raw, n * 8, off);
-	for (uint64_t i = 0; ret == 0 && i < n; i++)
-		t[i] = uq_be64(raw + i * 8);
-	free(raw);
-	if (ret < 0)
-		free(t);
-	else
-		*out = t;
-	return ret;
 }
 
 static int load_l1(uq_image *img)

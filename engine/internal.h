@@ -130,13 +130,6 @@ int uq_write_close(uq_image *img);
 int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);
 
-/* check.c */
-int uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *nclusters);
-
-/* Read n big-endian 64-bit entries at off into a malloc'd host-order
- * array (L1 tables, refcount tables). */
-int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out);
-
 /* Directory part of path ("." if none), malloc'd. */
 char *uq_dirname(const char *path);
 

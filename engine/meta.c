@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "internal.h"
+#include "walk.h"
 
 #define EMPTY UINT64_MAX
 #define TOMB (UINT64_MAX - 1)
@@ -114,55 +115,38 @@ bool uq_meta_overlaps(const uq_image *img, uint64_t host_off, uint64_t bytes)
 	return false;
 }
 
-/* Every L2 table an L1 table reaches. */
-static int add_l1(uq_image *img, uint64_t l1_off, uint32_t l1_size, const uint64_t *l1)
+/* Every structure the walk reaches short of guest data is metadata. */
+static int build_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
 {
-	uint64_t *own = NULL;
-	int ret = uq_meta_add(img, l1_off, (uint64_t)l1_size * 8);
+	(void)k;
+	return uq_meta_add(w->img, off, len);
+}
 
-	if (ret == 0 && !l1 && l1_size) {
-		ret = uq_read_table64(img->file, l1_off, l1_size, &own);
-		l1 = own;
-	}
-	for (uint32_t i = 0; ret == 0 && i < l1_size; i++) {
-		uint64_t l2;
-		bool copied;
+/* L1 entries that don't decode name no table worth protecting. */
+static bool build_want(struct uq_walk *w, uint32_t idx, uint64_t raw)
+{
+	uint64_t l2;
+	bool copied;
 
-		if (uq_l1_decode(&img->g, l1[i], &l2, &copied) == 0 && l2)
-			ret = uq_meta_add(img, l2, img->g.cluster_size);
-	}
-	free(own);
-	return ret;
+	(void)idx;
+	return uq_l1_decode(&w->img->g, raw, &l2, &copied) == 0 && l2;
+}
+
+/* An unreadable snapshot L1 table protects only itself. */
+static int build_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
+{
+	(void)w, (void)k, (void)off, (void)err;
+	return 0;
 }
 
 int uq_meta_build(uq_image *img)
 {
-	const struct uq_header *h = &img->h;
-	int ret;
+	struct uq_walk w = { .img = img, .what = UQ_WALK_SNAPSHOTS | UQ_WALK_REFCOUNTS |
+			     UQ_WALK_BITMAPS, .reftable = img->reftable,
+			     .reftable_n = img->reftable_entries, .region = build_region,
+			     .want_l2 = build_want, .bad = build_bad };
 
-	ret = uq_meta_add(img, 0, img->g.cluster_size);
-	if (ret == 0)
-		ret = uq_meta_add(img, h->refcount_table_offset,
-				  (uint64_t)h->refcount_table_clusters * img->g.cluster_size);
-	for (uint64_t i = 0; ret == 0 && i < img->reftable_entries; i++)
-		if (img->reftable[i])
-			ret = uq_meta_add(img, img->reftable[i], img->g.cluster_size);
-	if (ret == 0)
-		ret = add_l1(img, h->l1_table_offset, h->l1_size, img->l1);
-	if (ret == 0 && h->nb_snapshots) {
-		uint64_t bytes = 0;
-
-		for (uint32_t i = 0; i < img->nb_snaps; i++)
-			bytes += img->snaps[i].raw.entry_len;
-		ret = uq_meta_add(img, h->snapshots_offset, bytes);
-	}
-	for (uint32_t i = 0; ret == 0 && i < img->nb_snaps; i++)
-		ret = add_l1(img, img->snaps[i].raw.l1_table_offset, img->snaps[i].raw.l1_size,
-			     NULL);
-	if (ret == 0 && img->exts->has_bitmaps)
-		ret = uq_meta_add(img, img->exts->bitmap_directory_offset,
-				  img->exts->bitmap_directory_size);
-	return ret;
+	return uq_walk(&w);
 }
 
 int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len)

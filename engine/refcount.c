@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "internal.h"
+#include "walk.h"
 
 static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
 
@@ -43,22 +44,18 @@ static int resize_rb_arrays(uq_image *img, uint64_t entries)
 int uq_rc_load(uq_image *img)
 {
 	uint64_t n = (uint64_t)img->h.refcount_table_clusters * cs(img) / 8;
-	uint8_t *raw;
+	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+	uint64_t *raw;
 	int ret;
 
-	raw = malloc(n * 8);
-	img->reftable = calloc(n, 8);
-	if (!raw || !img->reftable || resize_rb_arrays(img, n) < 0) {
-		free(raw);
+	img->reftable = calloc(n ? n : 1, 8);
+	if (!img->reftable || resize_rb_arrays(img, n) < 0)
 		return -ENOMEM;
-	}
-	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
-
-	ret = io_pread_full(img->file, raw, n * 8, img->h.refcount_table_offset);
+	ret = uq_read_table64(img->file, img->h.refcount_table_offset, n, &raw);
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
 		uint64_t off;
 
-		ret = uq_reftable_decode(&img->g, uq_be64(raw + i * 8), &off);
+		ret = uq_reftable_decode(&img->g, raw[i], &off);
 		if (ret == 0 && off && (off < cs(img) || off >= end))
 			ret = uq_seterr(-EINVAL, "refcount block at 0x%llx is outside the file",
 					(unsigned long long)off);

@@ -228,110 +228,120 @@ int ck_finish(struct ck *ck)
 /* ---- COPIED flags of the active state ---- */
 
 /* COPIED must be set exactly where the refcount is 1 (qemu's check_oflag_copied). */
+struct copied {
+	struct ck *ck;
+	bool repair;
+	bool skip;                /* the table's refcount can't be read */
+};
+
+static bool copied_want(struct uq_walk *w, uint32_t idx, uint64_t e)
+{
+	(void)w, (void)idx;
+	return (e & QCOW_L1E_OFFSET_MASK) != 0;
+}
+
+static int copied_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
+{
+	(void)w, (void)k, (void)off, (void)len;
+	return 0;
+}
+
+static int copied_l1_entry(struct uq_walk *w, uint32_t idx, uint64_t e)
+{
+	struct copied *cp = w->arg;
+	struct ck *ck = cp->ck;
+	uint64_t l2 = e & QCOW_L1E_OFFSET_MASK, rc;
+	int ret;
+
+	ck_work(ck, 1);
+	cp->skip = ck_stored(ck, l2 >> ck->img->g.cluster_bits, &rc) < 0;
+	if (cp->skip || (rc == 1) == !!(e & QCOW_OFLAG_COPIED))
+		return 0;
+	ck->res->corruptions++;
+	ck_msg(ck, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
+	       " refcount=%" PRIu64, cp->repair ? "Repairing" : "ERROR", idx, e, rc);
+	if (!cp->repair)
+		return 0;
+	ret = ck_write_l1_entry(ck, idx, rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED);
+	if (ret == 0) {
+		ck->res->corruptions--;
+		ck->res->corruptions_fixed++;
+	} else if (ret != -EBUSY) {   /* -EBUSY: refused, the table overlaps metadata */
+		ck->res->check_errors++;
+		return ret;
+	}
+	return 0;
+}
+
+static int copied_l2_table(struct uq_walk *w, uint64_t l2, uint8_t *tab)
+{
+	struct copied *cp = w->arg;
+	struct ck *ck = cp->ck;
+	const struct uq_geom *g = &ck->img->g;
+	unsigned dirty = 0;
+	int ret;
+
+	if (cp->skip)
+		return 0;
+	for (uint64_t j = 0; j < g->l2_entries; j++) {
+		uint8_t *p = tab + j * g->l2_entry_bytes;
+		uint64_t le = uq_be64(p), rc;
+		enum ck_ctype t = le ? ck_classify(g, le) : CT_UNALLOC;
+
+		if (t != CT_NORMAL && t != CT_ZERO_ALLOC)
+			continue;
+		if (g->external_data)
+			rc = 1;
+		else if (ck_stored(ck, (le & QCOW_L2E_OFFSET_MASK) >> g->cluster_bits, &rc) < 0)
+			continue;
+		if ((rc == 1) == !!(le & QCOW_OFLAG_COPIED))
+			continue;
+		ck->res->corruptions++;
+		ck_msg(ck, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
+		       PRIu64, cp->repair ? "Repairing" : "ERROR", le, rc);
+		if (cp->repair) {
+			uq_put_be64(p, rc == 1 ? le | QCOW_OFLAG_COPIED : le & ~QCOW_OFLAG_COPIED);
+			dirty++;
+		}
+	}
+	if (!dirty)
+		return 0;
+	ret = ck_write_l2(ck, l2, tab);
+	if (ret == 0) {
+		ck->res->corruptions -= dirty;
+		ck->res->corruptions_fixed += dirty;
+	} else if (ret != -EBUSY) {
+		ck_msg(ck, "ERROR: Could not write L2 table: %s", strerror(-ret));
+		ck->res->check_errors++;
+	}
+	return 0;
+}
+
+static int copied_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
+{
+	struct copied *cp = w->arg;
+
+	(void)k, (void)off;
+	ck_msg(cp->ck, "ERROR: Could not read L2 table: %s", strerror(-err));
+	cp->ck->res->check_errors++;
+	return err;
+}
+
 static int check_copied(struct ck *ck, unsigned fix)
 {
 	uq_image *img = ck->img;
-	const struct uq_geom *g = &img->g;
 	struct uq_check_result *res = ck->res;
-	bool repair = (fix & UQ_CHECK_REPAIR_ERRORS) ||
-		      ((fix & UQ_CHECK_REPAIR_LEAKS) && !res->check_errors &&
-		       !res->corruptions && !res->leaks);
-	uint32_t n1 = img->h.l1_size, *idx = NULL;
-	uint64_t *offs = NULL;
-	struct ck_reader rd = { 0 };
-	size_t n = 0;
-	int ret = 0;
+	struct copied cp = {
+		.ck = ck,
+		.repair = (fix & UQ_CHECK_REPAIR_ERRORS) ||
+			  ((fix & UQ_CHECK_REPAIR_LEAKS) && !res->check_errors &&
+			   !res->corruptions && !res->leaks),
+	};
+	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA, .region = copied_region,
+			     .want_l2 = copied_want, .l1_entry = copied_l1_entry,
+			     .l2_table = copied_l2_table, .bad = copied_bad, .arg = &cp };
+	int ret = uq_walk_l1(&w, img->h.l1_table_offset, img->h.l1_size, img->l1);
 
-	if (!n1)
-		return 0;
-	offs = malloc((size_t)n1 * sizeof(*offs));
-	idx = malloc((size_t)n1 * sizeof(*idx));
-	if (!offs || !idx) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	for (uint32_t i = 0; i < n1; i++) {
-		if (!(img->l1[i] & QCOW_L1E_OFFSET_MASK))
-			continue;
-		offs[n] = img->l1[i] & QCOW_L1E_OFFSET_MASK;
-		idx[n++] = i;
-	}
-	ret = ck_reader_init(&rd, img, offs, n);
-	for (size_t k = 0; ret == 0 && k < n; k++) {
-		uint64_t e = img->l1[idx[k]], l2 = offs[k], rc;
-		unsigned dirty = 0;
-		uint8_t *tab;
-
-		ck_work(ck, 1);
-		if (ck_stored(ck, l2 >> g->cluster_bits, &rc) < 0) {
-			(void)ck_reader_next(&rd, &tab);   /* unused, but keeps the list in step */
-			continue;
-		}
-		if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
-			res->corruptions++;
-			ck_msg(ck, "%s OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
-			       " refcount=%" PRIu64, repair ? "Repairing" : "ERROR", idx[k], e, rc);
-			if (repair) {
-				uint64_t v = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
-
-				ret = ck_write_l1_entry(ck, idx[k], v);
-				if (ret == 0) {
-					res->corruptions--;
-					res->corruptions_fixed++;
-				} else if (ret == -EBUSY) {
-					ret = 0;    /* refused: the table overlaps metadata */
-				} else {
-					res->check_errors++;
-					break;
-				}
-			}
-		}
-		ret = ck_reader_next(&rd, &tab);
-		if (ret < 0) {
-			ck_msg(ck, "ERROR: Could not read L2 table: %s", strerror(-ret));
-			res->check_errors++;
-			break;
-		}
-		for (uint64_t j = 0; j < g->l2_entries; j++) {
-			uint8_t *p = tab + j * g->l2_entry_bytes;
-			uint64_t le = uq_be64(p);
-			enum ck_ctype t = le ? ck_classify(g, le) : CT_UNALLOC;
-
-			if (t != CT_NORMAL && t != CT_ZERO_ALLOC)
-				continue;
-			if (g->external_data)
-				rc = 1;
-			else if (ck_stored(ck, (le & QCOW_L2E_OFFSET_MASK) >> g->cluster_bits,
-					   &rc) < 0)
-				continue;
-			if ((rc == 1) == !!(le & QCOW_OFLAG_COPIED))
-				continue;
-			res->corruptions++;
-			ck_msg(ck, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%"
-			       PRIu64, repair ? "Repairing" : "ERROR", le, rc);
-			if (repair) {
-				uq_put_be64(p, rc == 1 ? le | QCOW_OFLAG_COPIED
-						       : le & ~QCOW_OFLAG_COPIED);
-				dirty++;
-			}
-		}
-		if (!dirty)
-			continue;
-		ret = ck_write_l2(ck, l2, tab);
-		if (ret == 0) {
-			res->corruptions -= dirty;
-			res->corruptions_fixed += dirty;
-		} else if (ret == -EBUSY) {
-			ret = 0;
-		} else {
-			ck_msg(ck, "ERROR: Could not write L2 table: %s", strerror(-ret));
-			res->check_errors++;
-		}
-	}
-out:
-	ck_reader_free(&rd);
-	free(offs);
-	free(idx);
 	if (ret == -ENOMEM)
 		res->check_errors++;
 	return ret;

@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "snapshot.h"
+#include "walk.h"
 
 #define MAX_NAME 1023u    /* what uq_snapshot_info can hand back whole */
 
@@ -46,21 +47,17 @@ int uq_snap_find(const uq_image *img, const char *id_or_name, uint32_t *idx)
 
 static int read_l1(uq_image *img, uint64_t off, uint32_t n, uint64_t *l1)
 {
-	uint8_t *raw;
+	uint64_t *t;
 	int ret;
 
 	if (!n)
 		return 0;
-	raw = malloc((size_t)n * 8);
-	if (!raw)
-		return -ENOMEM;
-	ret = io_pread_full(img->file, raw, (size_t)n * 8, off);
-	for (uint32_t i = 0; ret == 0 && i < n; i++)
-		l1[i] = uq_be64(raw + (size_t)i * 8);
-	free(raw);
+	ret = uq_read_table64(img->file, off, n, &t);
 	if (ret < 0)
 		return uq_seterr(ret, "%s: reading the L1 table at 0x%llx failed", img->path,
 				 (unsigned long long)off);
+	memcpy(l1, t, (size_t)n * 8);
+	free(t);
 	return 0;
 }
 
@@ -132,7 +129,7 @@ struct walk {
 	uint64_t done;
 	const uint64_t *other;   /* references here at the same place cancel out */
 	uint32_t other_n;
-	uint8_t *tab, *otab;
+	uint8_t *otab;
 };
 
 /* 1 when the limit is reached (stop, not an error). */
@@ -183,63 +180,93 @@ static bool same_refs(const struct uq_l2map *a, const struct uq_l2map *b)
 	return a->host_off == b->host_off;
 }
 
-/* One L2 table and what its entries reference; with o_off, entries that
- * reference what the other table's entry at the same index does are
- * skipped (their count doesn't change overall). */
-static int walk_l2(struct walk *w, uint64_t l2_off, uint64_t o_off)
+/* The other table's L2 table at the same L1 index, or 0. */
+static uint64_t other_l2(const struct walk *r, uint32_t i)
 {
-	uq_image *img = w->img;
-	const struct uq_geom *g = &img->g;
-	int ret = io_pread_full(img->file, w->tab, cs(img), l2_off);
+	uint64_t o2 = 0;
+	bool copied;
 
-	if (ret == 0 && o_off)
-		ret = io_pread_full(img->file, w->otab, cs(img), o_off);
+	if (i >= r->other_n || uq_l1_decode(&r->img->g, r->other[i], &o2, &copied) < 0)
+		return 0;
+	return o2;
+}
+
+/* One table in both: everything under it keeps its count. Entries that
+ * don't decode are visited, for ref_l1_entry to refuse. */
+static bool ref_want(struct uq_walk *w, uint32_t i, uint64_t raw)
+{
+	uint64_t l2;
+	bool copied;
+
+	if (uq_l1_decode(&w->img->g, raw, &l2, &copied) < 0)
+		return true;
+	return l2 && l2 != other_l2(w->arg, i);
+}
+
+static int ref_l1_entry(struct uq_walk *w, uint32_t i, uint64_t raw)
+{
+	uint64_t l2;
+	bool copied;
+	int ret = uq_l1_decode(&w->img->g, raw, &l2, &copied);
+
 	if (ret < 0)
+		return uq_seterr(ret, "%s: L1 entry %u: %s", w->img->path, i, uq_errmsg());
+	return 0;
+}
+
+static int ref_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
+{
+	(void)len;
+	if (k == UQ_MK_L2)
+		return ref_one(w->arg, off >> w->img->g.cluster_bits, true);
+	return 0;   /* the L1 table itself is the caller's */
+}
+
+/* What one L2 table's entries reference; entries that reference what the
+ * other table's entry at the same index does are skipped (their count
+ * doesn't change overall). */
+static int ref_l2_table(struct uq_walk *w, uint64_t l2_off, uint8_t *tab)
+{
+	struct walk *r = w->arg;
+	uq_image *img = r->img;
+	const struct uq_geom *g = &img->g;
+	uint64_t o_off = other_l2(r, w->l1_idx);
+	int ret = 0;
+
+	if (o_off && (ret = io_pread_full(img->file, r->otab, cs(img), o_off)) < 0)
 		return uq_seterr(ret, "%s: reading an L2 table failed", img->path);
-	ret = ref_one(w, l2_off >> g->cluster_bits, true);
 	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
 		struct uq_l2map m, o;
+		uint64_t off, len;
 
-		ret = decode_at(img, w->tab, i, &m);
+		ret = decode_at(img, tab, i, &m);
 		if (ret < 0)
 			return uq_seterr(ret, "%s: L2 table at 0x%llx, entry %llu: %s", img->path,
 					 (unsigned long long)l2_off, (unsigned long long)i,
 					 uq_errmsg());
-		if (o_off && decode_at(img, w->otab, i, &o) == 0 && same_refs(&m, &o))
+		if (o_off && decode_at(img, r->otab, i, &o) == 0 && same_refs(&m, &o))
 			continue;
 		if (m.type == UQ_C_COMPRESSED) {
 			/* every host cluster the compressed bytes touch, as the
 			 * write path and check count them */
-			uint64_t start = m.comp_off & ~511ull;
-			uint64_t len = ((m.comp_off & 511) + m.comp_len + 511) & ~511ull;
-			uint64_t c = start >> g->cluster_bits;
-
-			for (; ret == 0 && c <= (start + len - 1) >> g->cluster_bits; c++)
-				ret = ref_one(w, c, false);
+			uq_comp_span(&m, &off, &len);
+			for (uint64_t c = off >> g->cluster_bits;
+			     ret == 0 && c <= (off + len - 1) >> g->cluster_bits; c++)
+				ret = ref_one(r, c, false);
 		} else if (m.host_off && !g->external_data) {
-			ret = ref_one(w, m.host_off >> g->cluster_bits, false);
+			ret = ref_one(r, m.host_off >> g->cluster_bits, false);
 		}
 	}
 	return ret;
 }
 
-static int walk_l1(struct walk *w, const uint64_t *l1, uint32_t n)
+static int walk_l1(struct walk *r, const uint64_t *l1, uint32_t n)
 {
-	int ret = 0;
+	struct uq_walk w = { .img = r->img, .what = UQ_WALK_DATA, .region = ref_region,
+			     .want_l2 = ref_want, .l1_entry = ref_l1_entry,
+			     .l2_table = ref_l2_table, .arg = r };
+	int ret = uq_walk_l1(&w, 0, n, l1);
 
-	for (uint32_t i = 0; ret == 0 && i < n; i++) {
-		uint64_t l2, o2 = 0;
-		bool copied;
-
-		ret = uq_l1_decode(&w->img->g, l1[i], &l2, &copied);
-		if (ret < 0)
-			return uq_seterr(ret, "%s: L1 entry %u: %s", w->img->path, i, uq_errmsg());
-		if (i < w->other_n && uq_l1_decode(&w->img->g, w->other[i], &o2, &copied) < 0)
-			o2 = 0;
-		/* one table in both: everything under it keeps its count */
-		if (l2 && l2 != o2)
-			ret = walk_l2(w, l2, o2);
-	}
 	return ret < 0 ? ret : 0;
 }
 
@@ -248,16 +275,11 @@ int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta
 {
 	struct walk w = { .img = img, .delta = delta, .limit = UINT64_MAX,
 			  .other = other, .other_n = other ? other_n : 0 };
-	void *tab, *otab = NULL;
+	void *otab = NULL;
 	int ret;
 
-	if (posix_memalign(&tab, img->align, cs(img)))
+	if (other && posix_memalign(&otab, img->align, cs(img)))
 		return -ENOMEM;
-	if (other && posix_memalign(&otab, img->align, cs(img))) {
-		free(tab);
-		return -ENOMEM;
-	}
-	w.tab = tab;
 	w.otab = otab;
 	ret = walk_l1(&w, l1, n);
 	if (ret < 0 && delta > 0) {
@@ -273,7 +295,6 @@ int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta
 			img->writable = false;    /* refcounts no longer trusted */
 		uq_seterr(ret, "%s", msg);
 	}
-	free(tab);
 	free(otab);
 	return ret;
 }

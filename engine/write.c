@@ -10,6 +10,7 @@
 #include "compress.h"
 #include "error.h"
 #include "internal.h"
+#include "recount.h"
 
 /* A guest write, zeroing or discard: pieces finish asynchronously. */
 struct wreq {

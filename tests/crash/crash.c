@@ -13,6 +13,7 @@
 
 #include "crash.h"
 #include "error.h"
+#include "recount.h"
 
 /* Reports per run beyond this many are counted, not printed; and no more
  * than this many runs keep their failing states on disk. */
