@@ -384,8 +384,8 @@ uint64_t bench_cache_bytes(uq_image *img)
 		return 0;
 	if (img->l2c)
 		bytes += (uint64_t)l2c_slots(img->l2c) * img->g.cluster_size;
-	for (uint64_t i = 0; img->rb && i < img->reftable_entries; i++)
-		bytes += img->rb[i] ? img->g.cluster_size : 0;
+	for (uint64_t i = 0; img->rc.blocks && i < img->rc.entries; i++)
+		bytes += img->rc.blocks[i] ? img->g.cluster_size : 0;
 	return bytes;
 }
 

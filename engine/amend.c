@@ -6,7 +6,10 @@
 #include <string.h>
 
 #include "error.h"
+#include "header.h"
 #include "internal.h"
+#include "overlap.h"
+#include "recount.h"
 
 static int need_writable(uq_image *img)
 {
@@ -36,12 +39,12 @@ int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
 				 "amend -o compat=1.1 first", img->path);
 	/* everything pending reaches the old structures first */
 	ret = uq_meta_flush(img);
-	if (ret == 0 && img->lazy)
+	if (ret == 0 && img->rc.lazy)
 		ret = uq_rc_write_dirty(img);
 	if (ret < 0)
 		return ret;
 	cs = img->g.cluster_size;
-	n = (img->host_end + cs - 1) / cs;
+	n = (img->alloc.host_end + cs - 1) / cs;
 	counts = calloc(n ? n : 1, sizeof(*counts));
 	if (!counts)
 		return -ENOMEM;
@@ -51,9 +54,9 @@ int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
 	for (uint64_t i = 0; i < img->h.refcount_table_clusters && ret == 0; i++)
 		if (img->h.refcount_table_offset / cs + i < n)
 			counts[img->h.refcount_table_offset / cs + i] = 0;
-	for (uint64_t i = 0; i < img->reftable_entries && ret == 0; i++)
-		if (img->reftable[i] && img->reftable[i] / cs < n)
-			counts[img->reftable[i] / cs] = 0;
+	for (uint64_t i = 0; i < img->rc.entries && ret == 0; i++)
+		if (img->rc.table[i] && img->rc.table[i] / cs < n)
+			counts[img->rc.table[i] / cs] = 0;
 	if (ret == 0)
 		ret = uq_rc_rebuild(img, counts, n, order);
 	free(counts);
@@ -80,22 +83,16 @@ static int tail_is_free(uq_image *img, uint64_t from)
 
 static int write_size_fields(uq_image *img, uint64_t size, uint32_t l1_size, uint64_t l1_off)
 {
-	uint8_t f[24];
 	int ret;
 
-	/* size, crypt_method, l1_size, l1_table_offset: bytes 24..47, one write */
-	uq_put_be64(f, size);
-	uq_put_be32(f + 8, img->h.crypt_method);
-	uq_put_be32(f + 12, l1_size);
-	uq_put_be64(f + 16, l1_off);
 	ret = io_fsync(img->file);
 	if (ret < 0)
 		return ret;
-	ret = uq_header_write_field(img, 24, f, sizeof(f));
+	ret = uq_header_write_size_l1(img, size, l1_size, l1_off);
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	if (ret < 0)
-		img->writable = false;   /* the header may have changed: stop */
+		uq_stop_writes(img, "a header update failed halfway");
 	return ret;
 }
 
@@ -139,10 +136,7 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 		free(l1);
 		return uq_seterr(ret, "%s: growing the L1 table failed", img->path);
 	}
-	free(img->l1);
-	img->l1 = l1;
-	img->h.l1_size = (uint32_t)entries;
-	img->h.l1_table_offset = off;
+	free(uq_l1_replace(img, l1, (uint32_t)entries, off));
 	uq_meta_add(img, off, bytes);
 	uq_meta_del(img, old_off, old_bytes);
 	if (old_bytes)
@@ -169,7 +163,7 @@ int uq_resize(uq_image *img, uint64_t size)
 	if (size == img->size)
 		return 0;
 	/* a v2 snapshot entry may not record its disk size */
-	if (img->h.version < 3 && img->nb_snaps)
+	if (img->h.version < 3 && img->snap.n)
 		return uq_seterr(-ENOTSUP, "%s: can't resize a v2 image which has snapshots",
 				 img->path);
 	ret = uq_l1_entries_for(size, img->g.cluster_bits, img->g.extended_l2, &entries);

@@ -326,7 +326,7 @@ static int calc_stage(struct uq_walk *w, enum uq_mkind k)
 	uq_image *img = ck->img;
 
 	if (k == UQ_MK_L1 && w->snap == 0 && img->g.external_data) {
-		ck_msg(ck, "ERROR %u snapshots in image with data file", img->nb_snaps);
+		ck_msg(ck, "ERROR %u snapshots in image with data file", img->snap.n);
 		ck->res->corruptions++;
 	}
 	if (k == UQ_MK_REFBLOCK && ck->bm_bad) {

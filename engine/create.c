@@ -2,11 +2,13 @@
 /* Creating images: header and extensions, the first refcount structures
  * and an empty L1 table, laid out as qemu-img does; then preallocation. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
+#include "cluster.h"
 #include "internal.h"
 
 /* Names for the features this implementation knows, so that older tools
@@ -305,5 +307,57 @@ int uq_create(const char *path, const struct uq_create_opts *opts)
 	}
 	if (ret < 0)
 		uq_errprefix(path);
+	return ret;
+}
+
+/* Map every guest cluster to a host cluster (L2 tables included); falloc
+ * and full also reserve or zero the space. Reads still return zeros: a
+ * fresh cluster past the old end of file is a hole. */
+int uq_preallocate(uq_image *img, enum uq_prealloc mode)
+{
+	uint64_t cs = img->g.cluster_size, first = UINT64_MAX;
+	struct io_file *f = img->data;
+	int ret = 0;
+
+	for (uint64_t off = 0; off < img->size && ret == 0; off += cs) {
+		uint64_t host;
+		bool fresh;
+
+		ret = uq_alloc_data(img, off, &host, &fresh);
+		if (ret == 0)
+			ret = uq_l2_set(img, off, host | QCOW_OFLAG_COPIED,
+					img->g.extended_l2 ? uq_sc_in_image(img, off) : 0);
+		if (host < first)
+			first = host;
+	}
+	if (ret == 0)
+		ret = uq_meta_flush(img);
+	uint64_t end = img->g.external_data ? img->size : img->alloc.host_end;
+
+	if (ret == 0 && first != UINT64_MAX) {
+		uint64_t size;
+
+		ret = io_file_size(f, &size);
+		if (ret == 0 && size < end)
+			ret = io_file_truncate(f, end);
+		if (ret == 0 && mode == UQ_PREALLOC_FALLOC && f->fd >= 0 &&
+		    posix_fallocate(f->fd, (off_t)first, (off_t)(end - first)) != 0)
+			ret = uq_seterr(-EIO, "%s: fallocate failed", img->path);
+		/* zeros into the data clusters only: L2 tables lie among them */
+		for (uint64_t off = 0; ret == 0 && mode == UQ_PREALLOC_FULL && off < img->size;
+		     off += cs) {
+			static const uint8_t zeros[65536];
+			struct uq_l2map m;
+
+			ret = uq_map_entry(img, off, &m);
+			for (uint64_t o = 0; ret == 0 && m.host_off && o < cs; o += sizeof(zeros)) {
+				size_t n = cs - o < sizeof(zeros) ? (size_t)(cs - o) : sizeof(zeros);
+
+				ret = io_pwrite_full(f, zeros, n, m.host_off + o);
+			}
+		}
+	}
+	if (ret == 0)
+		img->alloc.written_end = img->alloc.host_end;
 	return ret;
 }

@@ -14,6 +14,17 @@
 #define QCOW_V3_HEADER_LEN 104u           /* through header_length */
 #define QCOW_V3_HEADER_LEN_CT 112u        /* with compression_type, padded */
 
+/* Byte offsets of the header fields the engine rewrites in place. */
+#define QCOW_HDR_SIZE               24    /* size, u64 */
+#define QCOW_HDR_L1_SIZE            36    /* l1_size, u32; l1_table_offset follows */
+#define QCOW_HDR_L1_TABLE_OFFSET    40
+#define QCOW_HDR_REFCOUNT_TABLE     48    /* refcount_table_offset, u64; clusters u32 follow */
+#define QCOW_HDR_NB_SNAPSHOTS       60    /* nb_snapshots, u32; snapshots_offset u64 follows */
+#define QCOW_HDR_INCOMPAT           72    /* incompatible_features, u64 */
+#define QCOW_HDR_COMPAT             80    /* compatible_features, u64 */
+#define QCOW_HDR_AUTOCLEAR          88    /* autoclear_features, u64 */
+#define QCOW_HDR_REFCOUNT_ORDER     96    /* refcount_order, u32 */
+
 #define QCOW_MIN_CLUSTER_BITS 9
 #define QCOW_MAX_CLUSTER_BITS 21          /* 2 MiB: QEMU's implementation limit */
 #define QCOW_MAX_L1_BYTES (32u << 20)     /* 32 MiB L1 maps 2 EB at 2 MiB clusters */

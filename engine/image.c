@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "internal.h"
+#include "overlap.h"
 #include "walk.h"
 
 #define PROBE_BYTES (2u << 20) /* one maximal cluster holds header + extensions */
@@ -142,15 +143,15 @@ static int load_snapshots(uq_image *img)
 	if (avail > QCOW_MAX_SNAPSHOT_TABLE)
 		avail = QCOW_MAX_SNAPSHOT_TABLE;
 	tab = malloc(avail ? avail : 1);
-	img->snaps = calloc(n, sizeof(*img->snaps));
-	if (!tab || !img->snaps) {
+	img->snap.list = calloc(n, sizeof(*img->snap.list));
+	if (!tab || !img->snap.list) {
 		free(tab);
 		return -ENOMEM;
 	}
 	ret = io_pread_full(img->file, tab, avail, off);
 	for (uint32_t i = 0; ret == 0 && i < n; i++) {
 		struct uq_snapshot_raw s;
-		struct uq_snap *d = &img->snaps[i];
+		struct uq_snap *d = &img->snap.list[i];
 
 		ret = uq_snapshot_decode(&img->g, tab + pos, avail - pos,
 					 img->file_size, &s);
@@ -169,7 +170,7 @@ static int load_snapshots(uq_image *img)
 		d->name = strndup((const char *)s.name, s.name_len);
 		if (!d->id || !d->name)
 			ret = -ENOMEM;
-		img->nb_snaps = i + 1;
+		img->snap.n = i + 1;
 		pos += s.entry_len;
 	}
 	free(tab);
@@ -468,18 +469,18 @@ int uq_close(uq_image *img)
 		while (io_pending(img->ctx->q) && io_reap(img->ctx->q, 1) > 0)
 			;
 	uq_rc_release(img);
-	free(img->meta);
+	free(img->meta.slots);
 	uq_close(img->backing);
 	l2c_destroy(img->l2c);
 	if (img->data && img->data != img->file)
 		io_file_close(img->data);
 	if (img->file)
 		io_file_close(img->file);
-	for (uint32_t i = 0; i < img->nb_snaps; i++) {
-		free(img->snaps[i].id);
-		free(img->snaps[i].name);
+	for (uint32_t i = 0; i < img->snap.n; i++) {
+		free(img->snap.list[i].id);
+		free(img->snap.list[i].name);
 	}
-	free(img->snaps);
+	free(img->snap.list);
 	free(img->l1);
 	free(img->exts);
 	free(img->backing_name);
@@ -500,6 +501,23 @@ int uq_close(uq_image *img)
 	free(img->dir);
 	free(img);
 	return ret;
+}
+
+void uq_stop_writes(uq_image *img, const char *reason)
+{
+	if (img->writable || !img->stop_reason)
+		img->stop_reason = reason;   /* the first reason is the real one */
+	img->writable = false;
+}
+
+uint64_t *uq_l1_replace(uq_image *img, uint64_t *l1, uint32_t size, uint64_t off)
+{
+	uint64_t *old = img->l1;
+
+	img->l1 = l1;
+	img->h.l1_size = size;
+	img->h.l1_table_offset = off;
+	return old;
 }
 
 uq_image *uq_backing(uq_image *img)
@@ -537,7 +555,7 @@ int uq_get_info(uq_image *img, struct uq_info *out)
 	out->dirty = !!(img->h.incompatible_features & QCOW_INCOMPAT_DIRTY);
 	out->data_file_raw = !!(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW);
 	out->has_bitmaps = img->exts->has_bitmaps;
-	out->nb_snapshots = img->nb_snaps;
+	out->nb_snapshots = img->snap.n;
 	copy_str(out->backing_file, sizeof(out->backing_file), img->backing_name);
 	copy_str(out->backing_full, sizeof(out->backing_full), img->backing_path);
 	if (img->exts->has_backing_fmt)
@@ -551,9 +569,9 @@ int uq_snapshot_get(uq_image *img, uint32_t idx, struct uq_snapshot_info *out)
 {
 	const struct uq_snap *s;
 
-	if (idx >= img->nb_snaps)
+	if (idx >= img->snap.n)
 		return -ENOENT;
-	s = &img->snaps[idx];
+	s = &img->snap.list[idx];
 	memset(out, 0, sizeof(*out));
 	copy_str(out->id, sizeof(out->id), s->id);
 	copy_str(out->name, sizeof(out->name), s->name);

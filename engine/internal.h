@@ -38,6 +38,40 @@ struct uq_snap {
 	char *name;
 };
 
+/* Refcount table and cached blocks of an image open for writing; owned by
+ * refcount.c (uq_rc_load / uq_rc_release). */
+struct uq_rc {
+	uint64_t *table;          /* block offsets, host order */
+	uint64_t entries;
+	bool table_dirty;
+	uint8_t **blocks;         /* cached refcount blocks by table index */
+	uint8_t *block_dirty;
+	uint64_t *frees;          /* clusters whose refcount drops after L2 is on disk */
+	size_t nfrees, frees_cap;
+	bool lazy;                /* lazy refcounts: blocks reach disk on close */
+};
+
+/* Where new host clusters come from; refcount.c's allocator moves these,
+ * cluster.c packs compressed clusters at comp_next. */
+struct uq_alloc {
+	uint64_t free_hint;       /* lowest cluster that may be free */
+	uint64_t host_end;        /* bytes: past every allocated cluster */
+	uint64_t written_end;     /* bytes: nothing at or past this was ever written */
+	uint64_t comp_next;       /* next byte to pack a compressed cluster at, 0 none */
+};
+
+/* Open-addressing set of metadata cluster indices; owned by overlap.c. */
+struct uq_metaset {
+	uint64_t *slots;
+	size_t cap, n;
+};
+
+/* The snapshot table as loaded; owned by snaptable.c. */
+struct uq_snaps {
+	struct uq_snap *list;
+	uint32_t n;
+};
+
 struct uq_image {
 	char *path;
 	char *dir;                /* directory that relative names resolve in */
@@ -55,10 +89,9 @@ struct uq_image {
 	struct uq_header h;
 	struct uq_exts *exts;
 	struct uq_geom g;
-	uint64_t *l1;             /* host byte order, validated on use */
+	uint64_t *l1;             /* host byte order; replaced by uq_l1_replace */
 	struct l2cache *l2c;
-	struct uq_snap *snaps;
-	uint32_t nb_snaps;
+	struct uq_snaps snap;
 	char *backing_name;       /* as stored */
 	char *backing_path;       /* resolved */
 	char *data_file_path;     /* resolved external data file */
@@ -66,23 +99,13 @@ struct uq_image {
 	uq_image *backing;
 	int depth;                /* 0 for the top image */
 
-	/* write state: qcow2 images opened read-write (refcount.c, write.c) */
-	bool writable;
-	uint64_t *reftable;       /* host order */
-	uint64_t reftable_entries;
-	bool reftable_dirty;
-	uint8_t **rb;             /* cached refcount blocks by table index */
-	uint8_t *rb_dirty;
-	uint64_t free_hint;       /* lowest cluster that may be free */
-	uint64_t host_end;        /* bytes: past every allocated cluster */
-	uint64_t written_end;     /* bytes: nothing at or past this was ever written */
-	uint64_t *frees;          /* clusters whose refcount drops after L2 is on disk */
-	size_t nfrees, frees_cap;
+	/* write state: qcow2 images opened read-write (rwopen.c) */
+	bool writable;            /* cleared only by uq_stop_writes */
+	const char *stop_reason;  /* why writes stopped (static text) */
+	struct uq_rc rc;
+	struct uq_alloc alloc;
+	struct uq_metaset meta;
 	bool l1_dirty;
-	uint64_t comp_next;       /* next byte to pack a compressed cluster at, 0 none */
-	bool lazy;                /* lazy refcounts: blocks reach disk on close */
-	uint64_t *meta;           /* open-addressing set of metadata cluster indices */
-	size_t meta_cap, meta_n;
 	unsigned writes_inflight; /* async data writes not yet completed */
 };
 
@@ -90,6 +113,17 @@ static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
 {
 	return off >> img->g.cluster_bits;
 }
+
+/* image.c */
+/* Stop all further writes through img: a failed data or metadata write,
+ * or metadata that can no longer be trusted. reason is static text that
+ * later refusals quote. */
+void uq_stop_writes(uq_image *img, const char *reason);
+/* Make l1 (malloc'd, host order, size entries at host offset off) the
+ * active L1 table; returns the old one, which the caller frees. */
+uint64_t *uq_l1_replace(uq_image *img, uint64_t *l1, uint32_t size, uint64_t off);
+/* Directory part of path ("." if none), malloc'd. */
+char *uq_dirname(const char *path);
 
 /* read.c */
 int uq_read_start(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len,
@@ -115,22 +149,22 @@ int uq_rc_write_dirty(uq_image *img);
 int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		  uint32_t order);
 
-/* meta.c: which host clusters hold metadata, to refuse overwriting them */
-int uq_meta_build(uq_image *img);
-int uq_meta_add(uq_image *img, uint64_t host_off, uint64_t bytes);
-void uq_meta_del(uq_image *img, uint64_t host_off, uint64_t bytes);
-bool uq_meta_overlaps(const uq_image *img, uint64_t host_off, uint64_t bytes);
-int uq_mark_corrupt(uq_image *img, const char *what, uint64_t host_off);
-int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len);
-
-/* write.c */
+/* rwopen.c */
 int uq_write_open(uq_image *img);     /* prepare a read-write qcow2 image */
-int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
 int uq_write_close(uq_image *img);
+
+/* writeback.c */
+int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
+
+/* request.c */
+/* Read guest content without delivering user completions. */
 int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
+
+/* create.c */
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);
 
-/* Directory part of path ("." if none), malloc'd. */
-char *uq_dirname(const char *path);
+/* snaptable.c */
+int uq_snaps_load(uq_image *img);
+void uq_snaps_release(uq_image *img);
 
 #endif

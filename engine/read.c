@@ -260,7 +260,7 @@ static int l2_table_of(uq_image *img, uint64_t off, uint64_t *l2_off)
 		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table overlaps the header",
 				 img->path, (unsigned long long)l1i);
 	/* a writer's new tables may lie past the size the file had at open */
-	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+	uint64_t end = img->alloc.host_end > img->file_size ? img->alloc.host_end : img->file_size;
 
 	if (*l2_off && (*l2_off > end || end - *l2_off < img->g.cluster_size))
 		return uq_seterr(-EIO, "%s: l1 entry %llu: L2 table at 0x%llx lies past "

@@ -51,7 +51,7 @@ static int count_l1_entry(struct uq_walk *w, uint32_t idx, uint64_t raw)
 
 int uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *nclusters)
 {
-	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+	uint64_t end = img->alloc.host_end > img->file_size ? img->alloc.host_end : img->file_size;
 	struct counter k = { .n = (end + img->g.cluster_size - 1) >> img->g.cluster_bits };
 	/* the refcount structures are what gets rebuilt: not counted here */
 	struct uq_walk w = { .img = img, .what = UQ_WALK_SNAPSHOTS | UQ_WALK_DATA |

@@ -6,7 +6,9 @@
 #include <string.h>
 
 #include "error.h"
+#include "header.h"
 #include "internal.h"
+#include "overlap.h"
 #include "walk.h"
 
 static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
@@ -24,17 +26,17 @@ static int alloc_block_buf(const uq_image *img, uint8_t **out)
 
 static int resize_rb_arrays(uq_image *img, uint64_t entries)
 {
-	uint8_t **rb = realloc(img->rb, entries * sizeof(*rb));
+	uint8_t **rb = realloc(img->rc.blocks, entries * sizeof(*rb));
 	uint8_t *dirty;
 
 	if (!rb)
 		return -ENOMEM;
-	img->rb = rb;
-	dirty = realloc(img->rb_dirty, entries);
+	img->rc.blocks = rb;
+	dirty = realloc(img->rc.block_dirty, entries);
 	if (!dirty)
 		return -ENOMEM;
-	img->rb_dirty = dirty;
-	for (uint64_t i = img->reftable_entries; i < entries; i++) {
+	img->rc.block_dirty = dirty;
+	for (uint64_t i = img->rc.entries; i < entries; i++) {
 		rb[i] = NULL;
 		dirty[i] = 0;
 	}
@@ -44,12 +46,12 @@ static int resize_rb_arrays(uq_image *img, uint64_t entries)
 int uq_rc_load(uq_image *img)
 {
 	uint64_t n = (uint64_t)img->h.refcount_table_clusters * cs(img) / 8;
-	uint64_t end = img->host_end > img->file_size ? img->host_end : img->file_size;
+	uint64_t end = img->alloc.host_end > img->file_size ? img->alloc.host_end : img->file_size;
 	uint64_t *raw;
 	int ret;
 
-	img->reftable = calloc(n ? n : 1, 8);
-	if (!img->reftable || resize_rb_arrays(img, n) < 0)
+	img->rc.table = calloc(n ? n : 1, 8);
+	if (!img->rc.table || resize_rb_arrays(img, n) < 0)
 		return -ENOMEM;
 	ret = uq_read_table64(img->file, img->h.refcount_table_offset, n, &raw);
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
@@ -62,25 +64,25 @@ int uq_rc_load(uq_image *img)
 		if (ret < 0)
 			ret = uq_seterr(ret, "refcount table entry %llu: %s",
 					(unsigned long long)i, uq_errmsg());
-		img->reftable[i] = off;
+		img->rc.table[i] = off;
 	}
 	free(raw);
-	img->reftable_entries = n;
+	img->rc.entries = n;
 	return ret;
 }
 
 void uq_rc_release(uq_image *img)
 {
-	for (uint64_t i = 0; img->rb && i < img->reftable_entries; i++)
-		free(img->rb[i]);
-	free(img->rb);
-	free(img->rb_dirty);
-	free(img->reftable);
-	free(img->frees);
-	img->rb = NULL;
-	img->rb_dirty = NULL;
-	img->reftable = NULL;
-	img->frees = NULL;
+	for (uint64_t i = 0; img->rc.blocks && i < img->rc.entries; i++)
+		free(img->rc.blocks[i]);
+	free(img->rc.blocks);
+	free(img->rc.block_dirty);
+	free(img->rc.table);
+	free(img->rc.frees);
+	img->rc.blocks = NULL;
+	img->rc.block_dirty = NULL;
+	img->rc.table = NULL;
+	img->rc.frees = NULL;
 }
 
 /* The cached block for table index idx, loading it; NULL if none exists. */
@@ -89,21 +91,21 @@ static int block_get(uq_image *img, uint64_t idx, uint8_t **out)
 	int ret;
 
 	*out = NULL;
-	if (idx >= img->reftable_entries || !img->reftable[idx])
+	if (idx >= img->rc.entries || !img->rc.table[idx])
 		return 0;
-	if (!img->rb[idx]) {
-		ret = alloc_block_buf(img, &img->rb[idx]);
+	if (!img->rc.blocks[idx]) {
+		ret = alloc_block_buf(img, &img->rc.blocks[idx]);
 		if (ret < 0)
 			return ret;
-		ret = io_pread_full(img->file, img->rb[idx], cs(img), img->reftable[idx]);
+		ret = io_pread_full(img->file, img->rc.blocks[idx], cs(img), img->rc.table[idx]);
 		if (ret < 0) {
-			free(img->rb[idx]);
-			img->rb[idx] = NULL;
+			free(img->rc.blocks[idx]);
+			img->rc.blocks[idx] = NULL;
 			return uq_seterr(ret, "reading refcount block %llu failed",
 					 (unsigned long long)idx);
 		}
 	}
-	*out = img->rb[idx];
+	*out = img->rc.blocks[idx];
 	return 0;
 }
 
@@ -127,10 +129,10 @@ static void note_alloc(uq_image *img, uint64_t cluster, uint64_t n)
 {
 	uint64_t end = (cluster + n) * cs(img);
 
-	if (end > img->host_end)
-		img->host_end = end;
-	if (end > img->written_end)
-		img->written_end = end;
+	if (end > img->alloc.host_end)
+		img->alloc.host_end = end;
+	if (end > img->alloc.written_end)
+		img->alloc.written_end = end;
 }
 
 /* First run of n clusters whose refcount is 0, from the hint on. Clusters
@@ -138,8 +140,8 @@ static void note_alloc(uq_image *img, uint64_t cluster, uint64_t n)
 static int find_free(uq_image *img, uint64_t n, uint64_t *first)
 {
 	uint64_t run = 0, start = 0;
-	uint64_t c = img->free_hint ? img->free_hint : 1;
-	uint64_t limit = (img->host_end / cs(img)) + n + 1;
+	uint64_t c = img->alloc.free_hint ? img->alloc.free_hint : 1;
+	uint64_t limit = (img->alloc.host_end / cs(img)) + n + 1;
 
 	for (; c <= limit + n; c++) {
 		uint64_t v;
@@ -149,8 +151,8 @@ static int find_free(uq_image *img, uint64_t n, uint64_t *first)
 			return ret;
 		if (v || uq_meta_overlaps(img, c * cs(img), cs(img))) {
 			/* nothing below a used cluster at the hint is free */
-			if (!run && c == img->free_hint)
-				img->free_hint = c + 1;
+			if (!run && c == img->alloc.free_hint)
+				img->alloc.free_hint = c + 1;
 			run = 0;
 			continue;
 		}
@@ -170,9 +172,9 @@ static void set_in_block(uq_image *img, uint64_t cluster, uint64_t v)
 {
 	uint64_t idx = cluster >> img->g.rb_bits;
 
-	uq_refcount_set(img->rb[idx], img->g.refcount_order,
+	uq_refcount_set(img->rc.blocks[idx], img->g.refcount_order,
 			cluster & ((1ull << img->g.rb_bits) - 1), v);
-	img->rb_dirty[idx] = 1;
+	img->rc.block_dirty[idx] = 1;
 }
 
 /* Create the refcount block for table index idx. Its own cluster's
@@ -183,11 +185,11 @@ static int new_block(uq_image *img, uint64_t idx)
 	uint8_t *buf, *other;
 	int ret;
 
-	if (idx >= img->reftable_entries) {
+	if (idx >= img->rc.entries) {
 		ret = grow_table(img, idx + 1);
 		if (ret < 0)
 			return ret;
-		if (img->reftable[idx])
+		if (img->rc.table[idx])
 			return 0;   /* growth placed one here */
 	}
 	for (;;) {
@@ -209,11 +211,11 @@ static int new_block(uq_image *img, uint64_t idx)
 	ret = alloc_block_buf(img, &buf);
 	if (ret < 0)
 		return ret;
-	img->rb[idx] = buf;
-	img->reftable[idx] = c * cs(img);
-	img->reftable_dirty = true;
+	img->rc.blocks[idx] = buf;
+	img->rc.table[idx] = c * cs(img);
+	img->rc.table_dirty = true;
 	set_in_block(img, c, 1);
-	img->rb_dirty[idx] = 1;
+	img->rc.block_dirty[idx] = 1;
 	note_alloc(img, c, 1);
 	return uq_meta_add(img, c * cs(img), cs(img));
 }
@@ -242,8 +244,8 @@ int uq_rc_add(uq_image *img, uint64_t cluster, int64_t delta)
 		return uq_seterr(-EIO, "refcount of cluster 0x%llx would drop below 0",
 				 (unsigned long long)(cluster * cs(img)));
 	set_in_block(img, cluster, v + (uint64_t)delta);
-	if (v + (uint64_t)delta == 0 && cluster < img->free_hint)
-		img->free_hint = cluster;
+	if (v + (uint64_t)delta == 0 && cluster < img->alloc.free_hint)
+		img->alloc.free_hint = cluster;
 	return 0;
 }
 
@@ -283,8 +285,8 @@ int uq_rc_alloc(uq_image *img, uint64_t n, uint64_t *host_off)
 	}
 	for (uint64_t i = 0; i < n; i++)
 		set_in_block(img, c + i, 1);
-	if (c == img->free_hint)
-		img->free_hint = c + n;
+	if (c == img->alloc.free_hint)
+		img->alloc.free_hint = c + n;
 	note_alloc(img, c, n);
 	*host_off = c * cs(img);
 	return 0;
@@ -296,16 +298,16 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
 	uint64_t last = (host_off + bytes - 1) / cs(img);
 
 	for (uint64_t c = first; c <= last; c++) {
-		if (img->nfrees == img->frees_cap) {
-			size_t ncap = img->frees_cap ? img->frees_cap * 2 : 64;
-			uint64_t *f = realloc(img->frees, ncap * sizeof(*f));
+		if (img->rc.nfrees == img->rc.frees_cap) {
+			size_t ncap = img->rc.frees_cap ? img->rc.frees_cap * 2 : 64;
+			uint64_t *f = realloc(img->rc.frees, ncap * sizeof(*f));
 
 			if (!f)
 				return -ENOMEM;
-			img->frees = f;
-			img->frees_cap = ncap;
+			img->rc.frees = f;
+			img->rc.frees_cap = ncap;
 		}
-		img->frees[img->nfrees++] = c;
+		img->rc.frees[img->rc.nfrees++] = c;
 	}
 	return 0;
 }
@@ -328,8 +330,8 @@ int uq_rc_apply_frees(uq_image *img)
 	int ret = 0;
 
 	/* runs once the L2 tables that dropped these clusters are on disk */
-	for (size_t i = 0; i < img->nfrees && ret == 0; i++) {
-		uint64_t v, c = img->frees[i];
+	for (size_t i = 0; i < img->rc.nfrees && ret == 0; i++) {
+		uint64_t v, c = img->rc.frees[i];
 
 		ret = uq_rc_add(img, c, -1);
 		if (ret == 0)
@@ -347,7 +349,7 @@ int uq_rc_apply_frees(uq_image *img)
 	}
 	if (ret == 0)
 		ret = punch(img, run_first, run_n);
-	img->nfrees = 0;
+	img->rc.nfrees = 0;
 	return ret;
 }
 
@@ -369,19 +371,19 @@ int uq_rc_write_dirty(uq_image *img)
 {
 	int ret = 0;
 
-	for (uint64_t i = 0; i < img->reftable_entries && ret == 0; i++) {
-		if (!img->rb_dirty[i])
+	for (uint64_t i = 0; i < img->rc.entries && ret == 0; i++) {
+		if (!img->rc.block_dirty[i])
 			continue;
-		ret = io_pwrite_full(img->file, img->rb[i], cs(img), img->reftable[i]);
-		img->rb_dirty[i] = 0;
+		ret = io_pwrite_full(img->file, img->rc.blocks[i], cs(img), img->rc.table[i]);
+		img->rc.block_dirty[i] = 0;
 	}
-	if (ret == 0 && img->reftable_dirty) {
+	if (ret == 0 && img->rc.table_dirty) {
 		/* new blocks must be durable before the table points at them */
 		ret = io_fsync(img->file);
 		if (ret == 0)
-			ret = write_table(img, img->h.refcount_table_offset, img->reftable,
-					  img->reftable_entries);
-		img->reftable_dirty = false;
+			ret = write_table(img, img->h.refcount_table_offset, img->rc.table,
+					  img->rc.entries);
+		img->rc.table_dirty = false;
 	}
 	if (ret < 0)
 		uq_seterr(ret, "writing refcounts failed");
@@ -409,7 +411,8 @@ static int switch_table(uq_image *img, uint64_t off, uint32_t clusters, uint32_t
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	if (ret == 0)
-		ret = uq_header_write_field(img, 48, buf + 48, end - 48);
+		ret = uq_header_write_field(img, QCOW_HDR_REFCOUNT_TABLE, buf + QCOW_HDR_REFCOUNT_TABLE,
+					    end - QCOW_HDR_REFCOUNT_TABLE);
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	free(buf);
@@ -423,7 +426,7 @@ static uint64_t missing_blocks(const uq_image *img, uint64_t first, uint64_t end
 	uint64_t need = 0;
 
 	for (uint64_t idx = first >> img->g.rb_bits; idx <= (end - 1) >> img->g.rb_bits; idx++)
-		if (idx >= img->reftable_entries || !img->reftable[idx])
+		if (idx >= img->rc.entries || !img->rc.table[idx])
 			need++;
 	return need;
 }
@@ -432,7 +435,7 @@ static uint64_t missing_blocks(const uq_image *img, uint64_t first, uint64_t end
  * right after it; the old table is freed once the header points away. */
 static int grow_table(uq_image *img, uint64_t min_entries)
 {
-	uint64_t per = cs(img) / 8, old_n = img->reftable_entries;
+	uint64_t per = cs(img) / 8, old_n = img->rc.entries;
 	uint64_t n = old_n * 2 > min_entries ? old_n * 2 : min_entries;
 	uint64_t T, tc, nb = 0, *nt;
 	uint64_t old_off = img->h.refcount_table_offset;
@@ -446,7 +449,7 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 			return uq_seterr(-EFBIG, "refcount table would exceed 8 MiB");
 	}
 	tc = n / per;
-	T = (img->host_end + cs(img) - 1) / cs(img);
+	T = (img->alloc.host_end + cs(img) - 1) / cs(img);
 	for (;;) {
 		uint64_t need = missing_blocks(img, T, T + tc + nb);
 
@@ -457,15 +460,15 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 	nt = calloc(n, 8);
 	if (!nt)
 		return -ENOMEM;
-	memcpy(nt, img->reftable, old_n * 8);
+	memcpy(nt, img->rc.table, old_n * 8);
 	ret = resize_rb_arrays(img, n);
 	if (ret < 0) {
 		free(nt);
 		return ret;
 	}
-	free(img->reftable);
-	img->reftable = nt;
-	img->reftable_entries = n;
+	free(img->rc.table);
+	img->rc.table = nt;
+	img->rc.entries = n;
 	/* place the new blocks after the table, in index order */
 	uint64_t next = T + tc;
 
@@ -473,11 +476,11 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 	     idx <= (T + tc + nb - 1) >> img->g.rb_bits; idx++) {
 		if (nt[idx])
 			continue;
-		ret = alloc_block_buf(img, &img->rb[idx]);
+		ret = alloc_block_buf(img, &img->rc.blocks[idx]);
 		if (ret < 0)
 			return ret;
 		nt[idx] = next++ * cs(img);
-		img->rb_dirty[idx] = 1;
+		img->rc.block_dirty[idx] = 1;
 	}
 	for (uint64_t c = T; c < T + tc + nb; c++) {
 		uint8_t *b;
@@ -490,12 +493,12 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 	note_alloc(img, T, tc + nb);
 	ret = uq_meta_add(img, T * cs(img), (tc + nb) * cs(img));
 	/* blocks, then the table, then the header that names them */
-	img->reftable_dirty = false;
+	img->rc.table_dirty = false;
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
-		if (!img->rb_dirty[i])
+		if (!img->rc.block_dirty[i])
 			continue;
-		ret = io_pwrite_full(img->file, img->rb[i], cs(img), nt[i]);
-		img->rb_dirty[i] = 0;
+		ret = io_pwrite_full(img->file, img->rc.blocks[i], cs(img), nt[i]);
+		img->rc.block_dirty[i] = 0;
 	}
 	if (ret == 0)
 		ret = write_table(img, T * cs(img), nt, n);
@@ -503,7 +506,7 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 		ret = switch_table(img, T * cs(img), (uint32_t)tc, img->h.refcount_order);
 	if (ret < 0) {
 		/* the header may name the new table already: write no more */
-		img->writable = false;
+		uq_stop_writes(img, "growing the refcount table failed");
 		return uq_seterr(ret, "growing the refcount table failed");
 	}
 	img->h.refcount_table_offset = T * cs(img);
@@ -522,7 +525,7 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	uint64_t c = cs(img), per = c / 8;
 	uint32_t rb_bits = img->g.cluster_bits + 3 - order;
 	uint64_t max = uq_refcount_max(order);
-	uint64_t T = (img->host_end + c - 1) / c;
+	uint64_t T = (img->alloc.host_end + c - 1) / c;
 	uint64_t tc = 1, nb = 0, n, end;
 	uint8_t *blk = NULL, *raw = NULL;
 	uint64_t *table = NULL;
@@ -545,8 +548,8 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	n = tc * per;
 	if (n * 8 > QCOW_MAX_REFTABLE_BYTES)
 		return uq_seterr(-EFBIG, "refcount table would exceed 8 MiB");
-	if (img->written_end < (T + tc + nb) * c)
-		img->written_end = (T + tc + nb) * c;
+	if (img->alloc.written_end < (T + tc + nb) * c)
+		img->alloc.written_end = (T + tc + nb) * c;
 	for (uint64_t i = 0; i < nclusters; i++)
 		if (counts[i] > max)
 			return uq_seterr(-ERANGE, "cluster 0x%llx has refcount %llu, more than "
@@ -587,28 +590,28 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		ret = switch_table(img, T * c, (uint32_t)tc, order);
 	if (ret < 0) {
 		/* the header may name the new structures already: write no more */
-		img->writable = false;
+		uq_stop_writes(img, "rebuilding the refcounts failed");
 		uq_seterr(ret, "rebuilding refcounts failed");
 		goto out;
 	}
 	/* the new structures are live: reload them */
 	uq_meta_del(img, img->h.refcount_table_offset,
 		    (uint64_t)img->h.refcount_table_clusters * c);
-	for (uint64_t i = 0; i < img->reftable_entries; i++)
-		if (img->reftable[i])
-			uq_meta_del(img, img->reftable[i], c);
+	for (uint64_t i = 0; i < img->rc.entries; i++)
+		if (img->rc.table[i])
+			uq_meta_del(img, img->rc.table[i], c);
 	uq_rc_release(img);
-	img->reftable_entries = 0;
+	img->rc.entries = 0;
 	img->h.refcount_table_offset = T * c;
 	img->h.refcount_table_clusters = (uint32_t)tc;
 	img->h.refcount_order = order;
 	img->g.refcount_order = order;
 	img->g.rb_bits = rb_bits;
-	img->host_end = (T + tc + nb) * c;
-	if (img->written_end < img->host_end)
-		img->written_end = img->host_end;
-	img->free_hint = 1;
-	img->nfrees = img->frees_cap = 0;
+	img->alloc.host_end = (T + tc + nb) * c;
+	if (img->alloc.written_end < img->alloc.host_end)
+		img->alloc.written_end = img->alloc.host_end;
+	img->alloc.free_hint = 1;
+	img->rc.nfrees = img->rc.frees_cap = 0;
 	ret = uq_rc_load(img);
 	if (ret == 0)
 		ret = uq_meta_add(img, T * c, (tc + nb) * c);

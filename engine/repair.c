@@ -10,6 +10,9 @@
 
 #include "check.h"
 #include "error.h"
+#include "header.h"
+#include "overlap.h"
+#include "recount.h"
 
 /* A writable image keeps metadata in memory: put it on disk so the
  * check, which reads the disk, sees what the engine sees. */
@@ -49,8 +52,8 @@ int ck_write_state(struct ck *ck)
 	if (ret < 0)
 		goto fail;
 	uq_rc_release(img);
-	img->reftable_entries = 0;
-	img->nfrees = img->frees_cap = 0;
+	img->rc.entries = 0;
+	img->rc.nfrees = img->rc.frees_cap = 0;
 	/* uq_write_open would rebuild a dirty image's refcounts on its own
 	 * (the check does that, and reports it) and clear the bitmaps bit
 	 * (repairs don't touch guest data, so bitmaps stay valid) */
@@ -64,7 +67,7 @@ int ck_write_state(struct ck *ck)
 	if (ret == 0)
 		return 0;
 fail:
-	img->writable = false;
+	uq_stop_writes(img, "the repair could not set up its write state");
 	ck->state_err = ret;
 	ck_msg(ck, "ERROR can't repair: %s", uq_errmsg());
 	ck->res->check_errors++;
@@ -180,7 +183,6 @@ int ck_mark_clean(struct ck *ck)
 	uq_image *img = ck->img;
 	uint64_t bits = QCOW_INCOMPAT_DIRTY | QCOW_INCOMPAT_CORRUPT;
 	uint64_t v = img->h.incompatible_features & ~bits;
-	uint8_t f[8];
 	int ret;
 
 	if (v == img->h.incompatible_features || img->h.version < 3)
@@ -188,9 +190,8 @@ int ck_mark_clean(struct ck *ck)
 	ret = ck_write_refcounts(ck);
 	if (ret == 0)
 		ret = io_fsync(img->file);
-	uq_put_be64(f, v);
 	if (ret == 0)
-		ret = uq_header_write_field(img, 72, f, 8);
+		ret = uq_header_write_u64(img, QCOW_HDR_INCOMPAT, v);
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	if (ret < 0) {
@@ -217,7 +218,7 @@ int ck_finish(struct ck *ck)
 			ret = io_fsync(img->file);
 	}
 	if (ck->repair_handle)
-		img->writable = false;
+		uq_stop_writes(img, "the image was opened for repairs only");
 	if (ret < 0) {
 		ck->res->check_errors++;
 		return uq_seterr(ret, "%s: writing repairs failed", img->path);

@@ -8,6 +8,8 @@
 #include <time.h>
 
 #include "error.h"
+#include "header.h"
+#include "overlap.h"
 #include "snapshot.h"
 #include "walk.h"
 
@@ -24,18 +26,18 @@ static uint64_t clusters_for(const uq_image *img, uint64_t bytes)
  * tables this image wrote itself. */
 static uint64_t file_limit(const uq_image *img)
 {
-	return img->host_end > img->file_size ? img->host_end : img->file_size;
+	return img->alloc.host_end > img->file_size ? img->alloc.host_end : img->file_size;
 }
 
 int uq_snap_find(const uq_image *img, const char *id_or_name, uint32_t *idx)
 {
-	for (uint32_t i = 0; i < img->nb_snaps; i++)
-		if (!strcmp(img->snaps[i].id, id_or_name)) {
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		if (!strcmp(img->snap.list[i].id, id_or_name)) {
 			*idx = i;
 			return 0;
 		}
-	for (uint32_t i = 0; i < img->nb_snaps; i++)
-		if (!strcmp(img->snaps[i].name, id_or_name)) {
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		if (!strcmp(img->snap.list[i].name, id_or_name)) {
 			*idx = i;
 			return 0;
 		}
@@ -92,8 +94,8 @@ static int write_l1(uq_image *img, uint64_t off, const uint64_t *l1, uint32_t n,
  * allocated cluster as written. */
 static void written_to_host_end(uq_image *img)
 {
-	if (img->written_end < img->host_end)
-		img->written_end = img->host_end;
+	if (img->alloc.written_end < img->alloc.host_end)
+		img->alloc.written_end = img->alloc.host_end;
 }
 
 /* Refcounts to disk, then a barrier: what follows may rely on them. */
@@ -292,7 +294,7 @@ int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta
 		u.done = 0;
 		snprintf(msg, sizeof(msg), "%s", uq_errmsg());
 		if (walk_l1(&u, l1, n) < 0 || u.done != w.done)
-			img->writable = false;    /* refcounts no longer trusted */
+			uq_stop_writes(img, "undoing a snapshot's refcount changes failed");
 		uq_seterr(ret, "%s", msg);
 	}
 	free(otab);
@@ -386,7 +388,7 @@ int uq_snap_fix_copied(uq_image *img)
  * of step: stop writing rather than guess (the file itself only leaks). */
 static int failed(uq_image *img, int ret)
 {
-	img->writable = false;
+	uq_stop_writes(img, "a snapshot operation failed after it changed the file");
 	return ret;
 }
 
@@ -427,9 +429,9 @@ static int parse_table(uq_image *img, const uint8_t *buf, size_t len, uint32_t n
 		free_snaps(snaps, n);
 		return ret;
 	}
-	free_snaps(img->snaps, img->nb_snaps);
-	img->snaps = snaps;
-	img->nb_snaps = n;
+	free_snaps(img->snap.list, img->snap.n);
+	img->snap.list = snaps;
+	img->snap.n = n;
 	return 0;
 }
 
@@ -452,10 +454,10 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 
 	if (addlen < 0)
 		return (int)addlen;
-	for (uint32_t i = 0; i < img->nb_snaps; i++) {
-		old_len += img->snaps[i].raw.entry_len;
+	for (uint32_t i = 0; i < img->snap.n; i++) {
+		old_len += img->snap.list[i].raw.entry_len;
 		if (i != skip)
-			len += round8(img->snaps[i].raw.entry_len);
+			len += round8(img->snap.list[i].raw.entry_len);
 	}
 	len += (uint64_t)addlen;
 	if (len > QCOW_MAX_SNAPSHOT_TABLE)
@@ -472,8 +474,8 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 		uq_seterr(ret, "%s: reading the snapshot table failed", img->path);
 		goto out;
 	}
-	for (uint32_t i = 0; i < img->nb_snaps; i++) {
-		size_t el = img->snaps[i].raw.entry_len;
+	for (uint32_t i = 0; i < img->snap.n; i++) {
+		size_t el = img->snap.list[i].raw.entry_len;
 
 		if (i != skip) {
 			memcpy(buf + pos, old + opos, el);   /* padding stays zero */
@@ -503,7 +505,7 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 	uq_put_be32(hdr, n);
 	uq_put_be64(hdr + 4, off);
 	if (ret == 0)
-		ret = uq_header_write_field(img, 60, hdr, sizeof(hdr));
+		ret = uq_header_write_field(img, QCOW_HDR_NB_SNAPSHOTS, hdr, sizeof(hdr));
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	if (ret < 0) {
@@ -560,8 +562,8 @@ static int snap_size(uq_image *img, const struct uq_snapshot_raw *sn, const char
 
 static bool id_taken(const uq_image *img, const char *id)
 {
-	for (uint32_t i = 0; i < img->nb_snaps; i++)
-		if (!strcmp(img->snaps[i].id, id))
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		if (!strcmp(img->snap.list[i].id, id))
 			return true;
 	return false;
 }
@@ -575,7 +577,7 @@ static int snap_lookup(uq_image *img, const char *name_or_id, struct uq_snapshot
 
 	if (ret < 0)
 		return ret;
-	*sn = img->snaps[idx].raw;
+	*sn = img->snap.list[idx].raw;
 	return snap_size(img, sn, name_or_id, size, l1_entries);
 }
 
@@ -587,8 +589,8 @@ static void next_id(const uq_image *img, char *id, size_t len)
 {
 	unsigned long max = 0;
 
-	for (uint32_t i = 0; i < img->nb_snaps; i++) {
-		unsigned long v = strtoul(img->snaps[i].id, NULL, 10);
+	for (uint32_t i = 0; i < img->snap.n; i++) {
+		unsigned long v = strtoul(img->snap.list[i].id, NULL, 10);
 
 		if (v > max)
 			max = v;
@@ -616,7 +618,7 @@ static int snapshot_create(uq_image *img, const char *name)
 	if (!name[0] || strlen(name) > MAX_NAME)
 		return uq_seterr(-EINVAL, "%s: a snapshot name has 1 to %u bytes", img->path,
 				 MAX_NAME);
-	if (img->nb_snaps >= QCOW_MAX_SNAPSHOTS)
+	if (img->snap.n >= QCOW_MAX_SNAPSHOTS)
 		return uq_seterr(-EFBIG, "%s: the image already has %u snapshots, the most "
 				 "qcow2 allows", img->path, QCOW_MAX_SNAPSHOTS);
 	ret = uq_meta_flush(img);
@@ -638,7 +640,7 @@ static int snapshot_create(uq_image *img, const char *name)
 	if (ret < 0) {
 		/* nothing is on disk yet: give the references back */
 		if (uq_snap_update_refs(img, img->l1, n, -1, NULL, 0) < 0)
-			img->writable = false;
+			uq_stop_writes(img, "undoing a snapshot's refcount changes failed");
 		free(copy);
 		return ret;
 	}
@@ -679,7 +681,7 @@ static int snapshot_create(uq_image *img, const char *name)
 	ret = replace_table(img, UINT32_MAX, &s);
 	if (ret == 0)
 		ret = rc_sync(img);
-	img->comp_next = 0;
+	img->alloc.comp_next = 0;
 	written_to_host_end(img);
 	return ret < 0 ? failed(img, ret) : 0;
 }
@@ -694,7 +696,7 @@ static int settle(uq_image *img, int ret, uint64_t l1_off, uint64_t l1_bytes)
 		ret = rc_sync(img);
 	if (ret == 0)
 		ret = uq_snap_fix_copied(img);
-	img->comp_next = 0;
+	img->alloc.comp_next = 0;
 	written_to_host_end(img);
 	return ret < 0 ? failed(img, ret) : 0;
 }
@@ -704,7 +706,6 @@ static int snapshot_apply(uq_image *img, const char *name_or_id)
 	uint64_t size, need, off = 0, old_off = img->h.l1_table_offset, *l1, *old;
 	uint32_t n, old_n = img->h.l1_size;
 	struct uq_snapshot_raw sn;
-	uint8_t f[24];
 	int ret = need_snapshots(img, true);
 
 	if (ret == 0)
@@ -740,7 +741,7 @@ static int snapshot_apply(uq_image *img, const char *name_or_id)
 	ret = uq_rc_alloc(img, clusters_for(img, (uint64_t)n * 8), &off);
 	if (ret < 0) {
 		if (uq_snap_update_refs(img, l1, sn.l1_size, -1, img->l1, img->h.l1_size) < 0)
-			img->writable = false;
+			uq_stop_writes(img, "undoing a snapshot's refcount changes failed");
 		free(l1);
 		return ret;
 	}
@@ -755,22 +756,15 @@ static int snapshot_apply(uq_image *img, const char *name_or_id)
 		ret = write_l1(img, off, l1, n, true);
 	if (ret == 0)
 		ret = rc_sync(img);
-	uq_put_be64(f, size);
-	uq_put_be32(f + 8, img->h.crypt_method);
-	uq_put_be32(f + 12, n);
-	uq_put_be64(f + 16, off);
 	if (ret == 0)
-		ret = uq_header_write_field(img, 24, f, sizeof(f));
+		ret = uq_header_write_size_l1(img, size, n, off);
 	if (ret == 0)
 		ret = io_fsync(img->file);
 	if (ret < 0) {
 		free(l1);
 		return failed(img, ret);
 	}
-	old = img->l1;
-	img->l1 = l1;
-	img->h.l1_size = n;
-	img->h.l1_table_offset = off;
+	old = uq_l1_replace(img, l1, n, off);
 	img->size = img->h.size = size;
 	/* the old state's references go; what only it used is freed */
 	ret = uq_snap_update_refs(img, old, old_n, -1, l1, n);
@@ -792,7 +786,7 @@ static int snapshot_delete(uq_image *img, const char *name_or_id)
 	if (ret < 0)
 		return ret;
 	written_to_host_end(img);
-	sn = img->snaps[idx].raw;
+	sn = img->snap.list[idx].raw;
 	l1 = malloc(sn.l1_size ? (size_t)sn.l1_size * 8 : 1);
 	if (!l1)
 		return -ENOMEM;
@@ -868,10 +862,7 @@ int uq_snapshot_view(uq_image *img, const char *name_or_id)
 	}
 	/* cached L2 tables are keyed by offset and stay valid: both tables
 	 * name the same clusters where they share them */
-	free(img->l1);
-	img->l1 = l1;
-	img->h.l1_size = sn.l1_size;
-	img->h.l1_table_offset = sn.l1_table_offset;
+	free(uq_l1_replace(img, l1, sn.l1_size, sn.l1_table_offset));
 	img->size = img->h.size = size;
 	return 0;
 }

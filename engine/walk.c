@@ -160,8 +160,8 @@ uint64_t uq_snaptable_bytes(const uq_image *img)
 {
 	uint64_t bytes = 0;
 
-	for (uint32_t i = 0; i < img->nb_snaps; i++)
-		bytes += img->snaps[i].raw.entry_len;
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		bytes += img->snap.list[i].raw.entry_len;
 	return bytes;
 }
 
@@ -391,13 +391,13 @@ int uq_walk(struct uq_walk *w)
 		ret = w->stage(w, UQ_MK_L1);
 	if (ret == 0)
 		ret = uq_walk_l1(w, h->l1_table_offset, h->l1_size, img->l1);
-	for (uint32_t i = 0; ret == 0 && (w->what & UQ_WALK_SNAPSHOTS) && i < img->nb_snaps; i++) {
+	for (uint32_t i = 0; ret == 0 && (w->what & UQ_WALK_SNAPSHOTS) && i < img->snap.n; i++) {
 		w->snap = (int)i;
 		if (w->stage)
 			ret = w->stage(w, UQ_MK_L1);
 		if (ret == 0)
-			ret = uq_walk_l1(w, img->snaps[i].raw.l1_table_offset,
-					 img->snaps[i].raw.l1_size, NULL);
+			ret = uq_walk_l1(w, img->snap.list[i].raw.l1_table_offset,
+					 img->snap.list[i].raw.l1_size, NULL);
 	}
 	w->snap = -1;
 	if (ret == 0 && (w->what & UQ_WALK_SNAPSHOTS))

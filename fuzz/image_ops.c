@@ -406,8 +406,8 @@ static int snap_create(struct sess *s)
 	if (ret < 0)
 		return ret;
 	/* the new entry is the table's last; its ID is unique there */
-	FUZZ_CHECK(s->img->nb_snaps > 0);
-	FUZZ_CHECK(uq_snapshot_get(s->img, s->img->nb_snaps - 1, &info) == 0);
+	FUZZ_CHECK(s->img->snap.n > 0);
+	FUZZ_CHECK(uq_snapshot_get(s->img, s->img->snap.n - 1, &info) == 0);
 	if (s->clean && strcmp(info.name, name))
 		die("a new snapshot is not the table's last entry", s, 0);
 	snprintf(sn->id, sizeof(sn->id), "%s", info.id);
@@ -433,9 +433,9 @@ static int snap_apply_delete(struct sess *s, bool apply, uint8_t arg, bool *stop
 	unsigned k;
 	int ret;
 
-	if (!s->img->nb_snaps)
+	if (!s->img->snap.n)
 		return 0;
-	if (uq_snapshot_get(s->img, arg % s->img->nb_snaps, &info) < 0)
+	if (uq_snapshot_get(s->img, arg % s->img->snap.n, &info) < 0)
 		return 0;
 	for (k = 0; k < s->nsnaps && !mine; k++)
 		if (!strcmp(s->snaps[k].id, info.id))

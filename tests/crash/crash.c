@@ -650,7 +650,7 @@ int g_snapshot(struct run *R, char kind, const char *name)
 {
 	const char *what = kind == 'c' ? "snapshot create" : kind == 'a' ? "snapshot apply"
 									 : "snapshot delete";
-	uint32_t before = R->img->nb_snaps;
+	uint32_t before = R->img->snap.n;
 	struct msnap *m = kind == 'c' ? NULL : find_msnap(R, name);
 	struct opctx x;
 	bool faulted;
@@ -672,7 +672,7 @@ int g_snapshot(struct run *R, char kind, const char *name)
 			fail(R, "%s '%s' refused without a message", what, name);
 		if (ret == -ENOTSUP && io_fault_nops(R->fl) != x.start)
 			fail(R, "%s '%s' at refcount_bits=1 wrote to the file", what, name);
-		if (R->img->nb_snaps != before)
+		if (R->img->snap.n != before)
 			fail(R, "refused %s '%s' changed the snapshot count", what, name);
 		if (!faulted)
 			check_unchanged(R, what);
@@ -688,9 +688,9 @@ int g_snapshot(struct run *R, char kind, const char *name)
 		fail(R, "%s '%s' failed (%s) without a message", what, name, strerror(-ret));
 	if (kind == 'a' && ret == 0 && faulted)
 		fail(R, "%s '%s' returned success though a write failed", what, name);
-	if (ret == 0 && R->img->nb_snaps != before + (kind == 'c') - (kind == 'd'))
+	if (ret == 0 && R->img->snap.n != before + (kind == 'c') - (kind == 'd'))
 		fail(R, "%s '%s' left %u snapshots where %u were", what, name,
-		     R->img->nb_snaps, before);
+		     R->img->snap.n, before);
 	if (kind == 'c' && (m = push_msnap(R, name)) && ret < 0)
 		m->uncertain = true;
 	if (kind == 'd') {
@@ -823,9 +823,9 @@ static void check_refcounts(struct run *R, uq_image *img, const char *label)
 		if (c < n)
 			counts[c]++;
 	}
-	for (uint64_t i = 0; i < img->reftable_entries; i++)
-		if (img->reftable[i] && img->reftable[i] / cs < n)
-			counts[img->reftable[i] / cs]++;
+	for (uint64_t i = 0; i < img->rc.entries; i++)
+		if (img->rc.table[i] && img->rc.table[i] / cs < n)
+			counts[img->rc.table[i] / cs]++;
 	for (uint64_t c = 0; c < n; c++) {
 		uint64_t v;
 
@@ -1128,7 +1128,7 @@ static void check_snapshots(struct run *R, const struct io_fault_image *st, bool
 	seen = calloc(R->nms, sizeof(*seen));
 	if (!seen)
 		exit(1);
-	for (uint32_t i = 0; i < img->nb_snaps; i++) {
+	for (uint32_t i = 0; i < img->snap.n; i++) {
 		struct uq_snapshot_info info;
 		size_t k = R->nms;
 

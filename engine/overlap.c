@@ -19,17 +19,17 @@ static size_t slot_of(uint64_t c, size_t cap)
 
 static int grow(uq_image *img)
 {
-	size_t ncap = img->meta_cap ? img->meta_cap * 2 : 1024;
-	uint64_t *old = img->meta, *m = malloc(ncap * sizeof(*m));
-	size_t oldcap = img->meta_cap;
+	size_t ncap = img->meta.cap ? img->meta.cap * 2 : 1024;
+	uint64_t *old = img->meta.slots, *m = malloc(ncap * sizeof(*m));
+	size_t oldcap = img->meta.cap;
 
 	if (!m)
 		return -ENOMEM;
 	for (size_t i = 0; i < ncap; i++)
 		m[i] = EMPTY;
-	img->meta = m;
-	img->meta_cap = ncap;
-	img->meta_n = 0;
+	img->meta.slots = m;
+	img->meta.cap = ncap;
+	img->meta.n = 0;
 	for (size_t i = 0; i < oldcap; i++) {
 		if (old[i] >= TOMB)
 			continue;
@@ -38,7 +38,7 @@ static int grow(uq_image *img)
 		while (m[s] != EMPTY)
 			s = (s + 1) & (ncap - 1);
 		m[s] = old[i];
-		img->meta_n++;
+		img->meta.n++;
 	}
 	free(old);
 	return 0;
@@ -48,16 +48,16 @@ static int add_one(uq_image *img, uint64_t c)
 {
 	size_t s;
 
-	if ((img->meta_n + 1) * 2 > img->meta_cap && grow(img) < 0)
+	if ((img->meta.n + 1) * 2 > img->meta.cap && grow(img) < 0)
 		return -ENOMEM;
-	s = slot_of(c, img->meta_cap);
-	while (img->meta[s] != EMPTY && img->meta[s] != TOMB) {
-		if (img->meta[s] == c)
+	s = slot_of(c, img->meta.cap);
+	while (img->meta.slots[s] != EMPTY && img->meta.slots[s] != TOMB) {
+		if (img->meta.slots[s] == c)
 			return 0;
-		s = (s + 1) & (img->meta_cap - 1);
+		s = (s + 1) & (img->meta.cap - 1);
 	}
-	img->meta[s] = c;
-	img->meta_n++;
+	img->meta.slots[s] = c;
+	img->meta.n++;
 	return 0;
 }
 
@@ -65,13 +65,13 @@ static bool has_one(const uq_image *img, uint64_t c)
 {
 	size_t s;
 
-	if (!img->meta_cap)
+	if (!img->meta.cap)
 		return false;
-	s = slot_of(c, img->meta_cap);
-	for (size_t i = 0; i < img->meta_cap && img->meta[s] != EMPTY; i++) {
-		if (img->meta[s] == c)
+	s = slot_of(c, img->meta.cap);
+	for (size_t i = 0; i < img->meta.cap && img->meta.slots[s] != EMPTY; i++) {
+		if (img->meta.slots[s] == c)
 			return true;
-		s = (s + 1) & (img->meta_cap - 1);
+		s = (s + 1) & (img->meta.cap - 1);
 	}
 	return false;
 }
@@ -90,17 +90,17 @@ void uq_meta_del(uq_image *img, uint64_t host_off, uint64_t bytes)
 {
 	uint64_t cb = img->g.cluster_bits;
 
-	if (!img->meta_cap)
+	if (!img->meta.cap)
 		return;
 	for (uint64_t c = host_off >> cb; bytes && c <= (host_off + bytes - 1) >> cb; c++) {
-		size_t s = slot_of(c, img->meta_cap);
+		size_t s = slot_of(c, img->meta.cap);
 
-		for (size_t i = 0; i < img->meta_cap && img->meta[s] != EMPTY; i++) {
-			if (img->meta[s] == c) {
-				img->meta[s] = TOMB;
+		for (size_t i = 0; i < img->meta.cap && img->meta.slots[s] != EMPTY; i++) {
+			if (img->meta.slots[s] == c) {
+				img->meta.slots[s] = TOMB;
 				break;
 			}
-			s = (s + 1) & (img->meta_cap - 1);
+			s = (s + 1) & (img->meta.cap - 1);
 		}
 	}
 }
@@ -142,35 +142,9 @@ static int build_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
 int uq_meta_build(uq_image *img)
 {
 	struct uq_walk w = { .img = img, .what = UQ_WALK_SNAPSHOTS | UQ_WALK_REFCOUNTS |
-			     UQ_WALK_BITMAPS, .reftable = img->reftable,
-			     .reftable_n = img->reftable_entries, .region = build_region,
+			     UQ_WALK_BITMAPS, .reftable = img->rc.table,
+			     .reftable_n = img->rc.entries, .region = build_region,
 			     .want_l2 = build_want, .bad = build_bad };
 
 	return uq_walk(&w);
-}
-
-int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len)
-{
-	int ret = io_pwrite_full(img->file, p, len, off);
-
-	if (ret < 0)
-		uq_seterr(ret, "writing the header failed");
-	return ret;
-}
-
-int uq_mark_corrupt(uq_image *img, const char *what, uint64_t host_off)
-{
-	uint8_t f[8];
-
-	/* v2 has no feature bits: refusing the write is all it can get */
-	if (img->h.version >= 3) {
-		img->h.incompatible_features |= QCOW_INCOMPAT_CORRUPT;
-		uq_put_be64(f, img->h.incompatible_features);
-		if (uq_header_write_field(img, 72, f, 8) == 0)
-			io_fsync(img->file);
-	}
-	img->writable = false;
-	return uq_seterr(-EIO, "%s: refusing to write %s over metadata at 0x%llx; "
-			 "the image is now marked corrupt", img->path, what,
-			 (unsigned long long)host_off);
 }

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: MIT
+/* Guest write requests: checks, splitting into cluster pieces, the
+ * asynchronous calls of the API and their synchronous wrappers. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "request.h"
+
+static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
+
+void uq_wreq_put(struct wreq *wr)
+{
+	if (--wr->pending)
+		return;
+	wr->d->res = wr->err ? wr->err : (ssize_t)wr->len;
+	uq_ctx_complete(wr->img->ctx, wr->d);
+	free(wr);
+}
+
+
+enum wkind { W_DATA, W_ZERO, W_DISCARD };
+
+struct sync_flag {
+	bool done;
+	ssize_t res;
+};
+
+static void flag_done(void *arg, ssize_t res)
+{
+	struct sync_flag *f = arg;
+
+	f->done = true;
+	f->res = res;
+}
+
+/* Read guest content without delivering user completions: copy-on-write
+ * needs the old bytes while the caller is inside a submission. */
+int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off)
+{
+	struct sync_flag f = { 0 };
+	int ret = uq_read_start(img, img->ctx, buf, len, off, flag_done, &f);
+
+	while (ret == 0 && !f.done) {
+		ret = io_reap(img->ctx->q, 1);
+		if (ret == 0 && !f.done)
+			return uq_seterr(-EIO, "%s: read stalled", img->path);
+		ret = ret < 0 ? ret : 0;
+	}
+	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
+}
+
+static int check_writable(uq_image *img, uint64_t off, uint64_t len)
+{
+	if (!(img->flags & UQ_OPEN_RDWR))
+		return uq_seterr(-EROFS, "%s: image is open read-only", img->path);
+	if (img->fmt == UQ_FMT_QCOW2 && !img->writable)
+		return uq_seterr(-EROFS, "%s: no more writes: %s", img->path,
+				 img->stop_reason ? img->stop_reason : "not open for writing");
+	if (off > img->size || img->size - off < len)
+		return uq_seterr(-EINVAL, "%s: write at 0x%llx+%llu is past the virtual "
+				 "size %llu", img->path, (unsigned long long)off,
+				 (unsigned long long)len, (unsigned long long)img->size);
+	return 0;
+}
+
+static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t len,
+		  uint64_t off, unsigned flags, uq_done_fn cb, void *arg)
+{
+	struct wreq *wr;
+	uint64_t unit, done = 0;
+	int ret;
+
+	uq_errclear();   /* a failure below must not show an older message */
+	ret = check_writable(img, off, len);
+
+	if (ret < 0)
+		return ret;
+	wr = calloc(1, sizeof(*wr));
+	if (wr)
+		wr->d = calloc(1, sizeof(*wr->d));
+	if (!wr || !wr->d) {
+		free(wr);
+		return -ENOMEM;
+	}
+	wr->img = img;
+	wr->d->cb = cb;
+	wr->d->arg = arg;
+	wr->d->ctx = img->ctx;
+	wr->len = (size_t)len;
+	wr->pending = 1;
+	unit = img->fmt == UQ_FMT_QCOW2 ? csz(img) : (1u << 20);
+	while (done < len && ret == 0) {
+		uint64_t pos = off + done;
+		size_t n = (size_t)(unit - (pos & (unit - 1)));
+
+		if (n > len - done)
+			n = (size_t)(len - done);
+		if (img->fmt != UQ_FMT_QCOW2) {
+			/* raw: plain file I/O */
+			ret = kind == W_DATA ? uq_write_in_place(wr, buf + done, n, pos) : 0;
+			if (kind == W_ZERO) {
+				uint8_t *z = calloc(1, n);
+
+				ret = z ? io_pwrite_full(img->data, z, n, pos) : -ENOMEM;
+				free(z);
+			}
+		} else if (kind == W_DATA && (flags & UQ_WRITE_COMPRESSED)) {
+			ret = uq_write_compressed(wr, buf + done, pos, n);
+		} else if (kind == W_DATA) {
+			ret = uq_write_piece(wr, buf + done, pos, n);
+		} else if (kind == W_ZERO) {
+			ret = uq_zero_piece(wr, pos, n, flags);
+		} else {
+			ret = uq_discard_piece(wr, pos, n);
+		}
+		done += n;
+	}
+	if (ret < 0) {
+		wr->err = ret;
+		if (ret == -EIO)
+			uq_stop_writes(img, "an I/O error hit a write");
+	}
+	uq_wreq_put(wr);
+	return 0;
+}
+
+int uq_aio_write(uq_image *img, const void *buf, size_t len, uint64_t off,
+		 unsigned flags, uq_done_fn cb, void *arg)
+{
+	return submit(img, W_DATA, buf, len, off, flags, cb, arg);
+}
+
+int uq_aio_write_zeroes(uq_image *img, uint64_t off, uint64_t len, unsigned flags,
+			uq_done_fn cb, void *arg)
+{
+	return submit(img, W_ZERO, NULL, len, off, flags, cb, arg);
+}
+
+int uq_aio_discard(uq_image *img, uint64_t off, uint64_t len, uq_done_fn cb, void *arg)
+{
+	return submit(img, W_DISCARD, NULL, len, off, 0, cb, arg);
+}
+
+static int wait_flag(uq_image *img, struct sync_flag *f)
+{
+	while (!f->done) {
+		int ret = uq_poll(img, 1);
+
+		if (ret < 0)
+			return ret;
+		if (ret == 0 && !f->done)
+			return uq_seterr(-EIO, "%s: request stalled", img->path);
+	}
+	return 0;
+}
+
+ssize_t uq_pwrite(uq_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
+{
+	struct sync_flag f = { 0 };
+	int ret = uq_aio_write(img, buf, len, off, flags, flag_done, &f);
+
+	if (ret == 0)
+		ret = wait_flag(img, &f);
+	return ret < 0 ? ret : f.res;
+}
+
+int uq_write_zeroes(uq_image *img, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct sync_flag f = { 0 };
+	int ret = uq_aio_write_zeroes(img, off, len, flags, flag_done, &f);
+
+	if (ret == 0)
+		ret = wait_flag(img, &f);
+	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
+}
+
+int uq_discard(uq_image *img, uint64_t off, uint64_t len)
+{
+	struct sync_flag f = { 0 };
+	int ret = uq_aio_discard(img, off, len, flag_done, &f);
+
+	if (ret == 0)
+		ret = wait_flag(img, &f);
+	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+/* A guest write request (request.c) and the data paths that carry out
+ * one cluster's piece of it (write.c). */
+#ifndef UQ_REQUEST_H
+#define UQ_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+/* A guest write, zeroing or discard: pieces finish asynchronously. */
+struct wreq {
+	uq_image *img;
+	struct uq_done *d;
+	size_t len;
+	unsigned pending;         /* pieces in flight, plus one while submitting */
+	int err;
+};
+
+/* One piece finished: the last one completes the request. */
+void uq_wreq_put(struct wreq *wr);
+
+/* write.c: the piece of a request that falls in one cluster */
+int uq_write_piece(struct wreq *wr, const uint8_t *buf, uint64_t off, size_t len);
+int uq_write_compressed(struct wreq *wr, const uint8_t *buf, uint64_t off, size_t len);
+int uq_zero_piece(struct wreq *wr, uint64_t off, size_t len, unsigned flags);
+int uq_discard_piece(struct wreq *wr, uint64_t off, size_t len);
+/* Bytes to a host offset that needs no metadata change, on the queue. */
+int uq_write_in_place(struct wreq *wr, const uint8_t *buf, size_t len, uint64_t host);
+
+#endif
