@@ -194,6 +194,69 @@ int io_file_truncate(struct io_file *f, uint64_t size)
 	return io_truncate_plain(f, size);
 }
 
+int io_file_preallocate(struct io_file *f, uint64_t off, uint64_t len)
+{
+	uint64_t size;
+	int ret = check_range(off, len);
+
+	if (ret < 0)
+		return ret;
+	if (len == 0)
+		return -EINVAL;   /* as posix_fallocate says */
+	if (f->fd < 0) {
+		/* memory is allocated as it is written: only the size grows */
+		ret = io_file_size(f, &size);
+		return ret == 0 && off + len > size ? io_mem_truncate(f, off + len) : ret;
+	}
+	do
+		ret = posix_fallocate(f->fd, (off_t)off, (off_t)len);
+	while (ret == EINTR);
+	return -ret;
+}
+
+static int seek(struct io_file *f, uint64_t off, bool hole, uint64_t *pos)
+{
+	off_t r;
+
+	if (off > INT64_MAX)
+		return -ENXIO;
+	if (f->fd < 0) {
+		/* no holes: all of it is data */
+		if (off >= f->mem_len)
+			return -ENXIO;
+		*pos = hole ? f->mem_len : off;
+		return 0;
+	}
+	r = lseek(f->fd, (off_t)off, hole ? SEEK_HOLE : SEEK_DATA);
+	if (r < 0)
+		return -errno;
+	*pos = (uint64_t)r;
+	return 0;
+}
+
+int io_file_seek_data(struct io_file *f, uint64_t off, uint64_t *pos)
+{
+	return seek(f, off, false, pos);
+}
+
+int io_file_seek_hole(struct io_file *f, uint64_t off, uint64_t *pos)
+{
+	return seek(f, off, true, pos);
+}
+
+int io_file_identity(struct io_file *f, uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+
+	if (f->fd < 0)
+		return -ENOTSUP;
+	if (fstat(f->fd, &st) < 0)
+		return -errno;
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return 0;
+}
+
 /* pread until len bytes are in; what lies past end of file reads as zeros. */
 static int read_loop(struct io_file *f, uint8_t *buf, size_t len, uint64_t off)
 {

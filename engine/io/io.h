@@ -98,6 +98,15 @@ void io_file_close(struct io_file *f);
 int io_file_size(struct io_file *f, uint64_t *size);
 int io_file_allocated(struct io_file *f, uint64_t *bytes); /* st_blocks * 512 */
 int io_file_truncate(struct io_file *f, uint64_t size);
+/* Reserve the blocks of [off, off+len), growing the size to cover it
+ * (posix_fallocate; preallocation=falloc). */
+int io_file_preallocate(struct io_file *f, uint64_t off, uint64_t len);
+/* First offset at or after off holding data / lying in a hole (end of file
+ * counts as one); -ENXIO at or past end of file, or no data follows. */
+int io_file_seek_data(struct io_file *f, uint64_t off, uint64_t *pos);
+int io_file_seek_hole(struct io_file *f, uint64_t off, uint64_t *pos);
+/* Device and inode, to tell files apart; -ENOTSUP for memory files. */
+int io_file_identity(struct io_file *f, uint64_t *dev, uint64_t *ino);
 
 /* Synchronous helpers for setup paths (open, create, check): they run
  * inline, without a queue. Short reads past EOF are zero-filled. */
