@@ -137,6 +137,16 @@ int uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *nclusters);
  * array (L1 tables, refcount tables). */
 int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out);
 
+/* image_wrap.c: replace an open image's file (and its data file when
+ * that is the same file) with what wrap makes of it. wrap takes ownership
+ * of inner on success (closing outer closes it); on failure inner stays
+ * the image's. Nothing may be in flight (-EBUSY). Not public API: hidden, so
+ * never in libuqcow.so's dynamic symbols. */
+__attribute__((visibility("hidden")))
+int uq_image_wrap_file(uq_image *img,
+		       int (*wrap)(struct io_file *inner, void *arg, struct io_file **outer),
+		       void *arg);
+
 /* Directory part of path ("." if none), malloc'd. */
 char *uq_dirname(const char *path);
 

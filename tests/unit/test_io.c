@@ -344,7 +344,7 @@ static int enospc(struct io_queue *q)
 	uint64_t size;
 
 	CHECK(io_file_open_mem("abc", 3, IO_RDWR, &f) == 0);
-	f->mem_limit = 65536;
+	CHECK(io_mem_set_limit(f, 65536) == 0);
 	fill_random(buf, sizeof(buf));
 	completed = bad = 0;
 	set_req(&r[0], IO_WRITE, f, buf, 65536 - 60000, 60000);   /* ends at the limit */
