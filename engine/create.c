@@ -2,7 +2,6 @@
 /* Creating images: header and extensions, the first refcount structures
  * and an empty L1 table, laid out as qemu-img does; then preallocation. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -340,8 +339,8 @@ int uq_preallocate(uq_image *img, enum uq_prealloc mode)
 		ret = io_file_size(f, &size);
 		if (ret == 0 && size < end)
 			ret = io_file_truncate(f, end);
-		if (ret == 0 && mode == UQ_PREALLOC_FALLOC && f->fd >= 0 &&
-		    posix_fallocate(f->fd, (off_t)first, (off_t)(end - first)) != 0)
+		if (ret == 0 && mode == UQ_PREALLOC_FALLOC &&
+		    io_file_preallocate(f, first, end - first) < 0)
 			ret = uq_seterr(-EIO, "%s: fallocate failed", img->path);
 		/* zeros into the data clusters only: L2 tables lie among them */
 		for (uint64_t off = 0; ret == 0 && mode == UQ_PREALLOC_FULL && off < img->size;

@@ -316,15 +316,15 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 static int chain_check(const uq_image *img, const struct open_args *a,
 		       struct chain_id *me)
 {
-	struct stat st;
+	uint64_t dev, ino;
 
-	if (img->file->fd < 0 || fstat(img->file->fd, &st) < 0)
+	if (io_file_identity(img->file, &dev, &ino) < 0)
 		return 0;
-	me->dev = st.st_dev;
-	me->ino = st.st_ino;
+	me->dev = dev;
+	me->ino = ino;
 	me->up = a->up;
 	for (const struct chain_id *c = a->up; c; c = c->up)
-		if (c->dev == st.st_dev && c->ino == st.st_ino)
+		if (c->dev == dev && c->ino == ino)
 			return uq_seterr(-ELOOP, "backing chain loops back to this file");
 	return 0;
 }

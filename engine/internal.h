@@ -167,4 +167,14 @@ int uq_preallocate(uq_image *img, enum uq_prealloc mode);
 int uq_snaps_load(uq_image *img);
 void uq_snaps_release(uq_image *img);
 
+/* image_wrap.c: replace an open image's file (and its data file when
+ * that is the same file) with what wrap makes of it. wrap takes ownership
+ * of inner on success (closing outer closes it); on failure inner stays
+ * the image's. Nothing may be in flight (-EBUSY). Not public API: hidden, so
+ * never in libuqcow.so's dynamic symbols. */
+__attribute__((visibility("hidden")))
+int uq_image_wrap_file(uq_image *img,
+		       int (*wrap)(struct io_file *inner, void *arg, struct io_file **outer),
+		       void *arg);
+
 #endif

@@ -10,29 +10,26 @@
 
 static int raw_status(uq_image *img, uint64_t off, uint64_t len, struct uq_extent *e)
 {
-	int fd = img->data->fd;
-	off_t d, h;
+	uint64_t d, h;
+	int ret;
 
 	e->present = 1;
 	e->data = 1;
 	e->has_offset = 1;
 	e->offset = off;
 	e->length = len;
-	if (fd < 0)
-		return 0;
 	/* Holes read as zeros: report them so map and convert can skip them. */
-	d = lseek(fd, (off_t)off, SEEK_DATA);
-	if (d < 0 || (uint64_t)d > off) {
-		uint64_t end = d < 0 ? off + len : (uint64_t)d;
+	ret = io_file_seek_data(img->data, off, &d);
+	if (ret < 0 || d > off) {
+		uint64_t end = ret < 0 ? off + len : d;
 
 		e->data = 0;
 		e->zero = 1;
 		e->length = end - off < len ? end - off : len;
 		return 0;
 	}
-	h = lseek(fd, (off_t)off, SEEK_HOLE);
-	if (h > (off_t)off && (uint64_t)h - off < len)
-		e->length = (uint64_t)h - off;
+	if (io_file_seek_hole(img->data, off, &h) == 0 && h > off && h - off < len)
+		e->length = h - off;
 	return 0;
 }
 

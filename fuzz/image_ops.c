@@ -116,8 +116,9 @@ static int open_rw(const uint8_t *data, size_t size, uq_image **img,
 		return ret;
 	/* Hostile L2 entries point anywhere below 2^56: growing a memory
 	 * file that far is ENOSPC, not an allocation of that size. */
-	(*img)->file->mem_limit = size + FILE_ROOM;
-	ret = io_fault_attach((*img)->file, rec);
+	ret = io_mem_set_limit((*img)->file, size + FILE_ROOM);
+	if (ret == 0)
+		ret = uq_image_wrap_file(*img, io_fault_wrap_fn, rec);
 	if (ret < 0) {
 		uq_close(*img);
 		return ret;

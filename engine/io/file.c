@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: MIT
-/* Files on disk: open, size, truncate, synchronous full reads and writes
- * (O_DIRECT bounce buffers), inline request execution, queue selection. */
+/* The fd file: a file or block device on disk behind the ops table, with
+ * bounce buffers for misaligned O_DIRECT transfers. */
 #include <errno.h>
-#include <stdatomic.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -14,7 +13,6 @@
 #include <unistd.h>
 
 #include "error.h"
-#include "fault.h"
 #include "io.h"
 
 /* Largest transfer per syscall: Linux stops at 0x7ffff000 bytes anyway, and
@@ -30,12 +28,16 @@ static size_t min_sz(size_t a, size_t b)
 	return a < b ? a : b;
 }
 
-/* Offsets must fit off_t, and off + len must not wrap. */
-static int check_range(uint64_t off, size_t len)
+struct fd_file {
+	struct io_file file;
+	int fd;
+};
+
+static const struct io_file_ops fd_ops;
+
+static int fd_of(const struct io_file *f)
 {
-	if (off > INT64_MAX || len > INT64_MAX - off)
-		return -EINVAL;
-	return 0;
+	return ((const struct fd_file *)f)->fd;
 }
 
 static bool misaligned(const struct io_file *f, const void *buf, size_t len, uint64_t off)
@@ -79,7 +81,7 @@ static unsigned direct_align(int fd, const struct stat *st)
 
 int io_file_open(const char *path, unsigned flags, struct io_file **out)
 {
-	struct io_file *f;
+	struct fd_file *ff;
 	struct stat st;
 	int oflags = O_CLOEXEC, fd, ret;
 
@@ -106,50 +108,36 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 		ret = -EISDIR;
 		goto fail;
 	}
-	f = calloc(1, sizeof(*f));
-	if (!f) {
+	ff = calloc(1, sizeof(*ff));
+	if (!ff) {
 		ret = -ENOMEM;
 		goto fail;
 	}
-	f->fd = fd;
-	{
-		static _Atomic uint64_t next_id = 1;
-
-		f->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
-	}
-	f->flags = flags;
-	f->align = flags & IO_DIRECT ? direct_align(fd, &st) : 1;
-	*out = f;
+	io_file_init(&ff->file, &fd_ops, flags, flags & IO_DIRECT ? direct_align(fd, &st) : 1);
+	ff->fd = fd;
+	*out = &ff->file;
 	return 0;
 fail:
 	close(fd);
 	return uq_seterr(ret, "%s: %s", path, strerror(-ret));
 }
 
-void io_file_close(struct io_file *f)
+static void fd_close(struct io_file *f)
 {
-	if (!f)
-		return;
-	if (f->fd >= 0)
-		close(f->fd);
-	free(f->mem);
+	close(fd_of(f));
 	free(f);
 }
 
-int io_file_size(struct io_file *f, uint64_t *size)
+static int fd_size(struct io_file *f, uint64_t *size)
 {
 	struct stat st;
 
-	if (f->fd < 0) {
-		*size = f->mem_len;
-		return 0;
-	}
-	if (fstat(f->fd, &st) < 0)
+	if (fstat(fd_of(f), &st) < 0)
 		return -errno;
 	if (S_ISBLK(st.st_mode)) {
 		uint64_t bytes;
 
-		if (ioctl(f->fd, BLKGETSIZE64, &bytes) < 0)
+		if (ioctl(fd_of(f), BLKGETSIZE64, &bytes) < 0)
 			return -errno;
 		*size = bytes;
 		return 0;
@@ -158,40 +146,24 @@ int io_file_size(struct io_file *f, uint64_t *size)
 	return 0;
 }
 
-int io_file_allocated(struct io_file *f, uint64_t *bytes)
+static int fd_allocated(struct io_file *f, uint64_t *bytes)
 {
 	struct stat st;
 
-	if (f->fd < 0) {
-		*bytes = f->mem_len;
-		return 0;
-	}
-	if (fstat(f->fd, &st) < 0)
+	if (fstat(fd_of(f), &st) < 0)
 		return -errno;
 	if (S_ISBLK(st.st_mode))
-		return io_file_size(f, bytes);   /* a device is all allocated */
+		return fd_size(f, bytes);   /* a device is all allocated */
 	*bytes = (uint64_t)st.st_blocks * 512;
 	return 0;
 }
 
-int io_truncate_plain(struct io_file *f, uint64_t size)
+static int fd_truncate(struct io_file *f, uint64_t size)
 {
-	if (f->fd < 0)
-		return io_mem_truncate(f, size);
-	if (size > INT64_MAX)
-		return -EFBIG;
-	while (ftruncate(f->fd, (off_t)size) < 0)
+	while (ftruncate(fd_of(f), (off_t)size) < 0)
 		if (errno != EINTR)
 			return -errno;
 	return 0;
-}
-
-int io_file_truncate(struct io_file *f, uint64_t size)
-{
-	/* a file under fault injection: it records (or fails) the change */
-	if (f->hook)
-		return io_fault_truncate(f, size);
-	return io_truncate_plain(f, size);
 }
 
 /* pread until len bytes are in; what lies past end of file reads as zeros. */
@@ -201,7 +173,7 @@ static int read_loop(struct io_file *f, uint8_t *buf, size_t len, uint64_t off)
 
 	while (done < len) {
 		size_t n = min_sz(len - done, MAX_XFER);
-		ssize_t r = pread(f->fd, buf + done, n, (off_t)(off + done));
+		ssize_t r = pread(fd_of(f), buf + done, n, (off_t)(off + done));
 
 		if (r < 0) {
 			if (errno == EINTR)
@@ -215,7 +187,7 @@ static int read_loop(struct io_file *f, uint8_t *buf, size_t len, uint64_t off)
 		 * aligned: a further read there would fail with EINVAL. */
 		if ((size_t)r < n && misaligned(f, NULL, 0, off + done)) {
 			uint64_t size;
-			int ret = io_file_size(f, &size);
+			int ret = fd_size(f, &size);
 
 			if (ret < 0)
 				return ret;
@@ -234,7 +206,7 @@ static int write_loop(struct io_file *f, const uint8_t *buf, size_t len, uint64_
 
 	while (done < len) {
 		size_t n = min_sz(len - done, MAX_XFER);
-		ssize_t r = pwrite(f->fd, buf + done, n, (off_t)(off + done));
+		ssize_t r = pwrite(fd_of(f), buf + done, n, (off_t)(off + done));
 
 		if (r < 0) {
 			if (errno == EINTR)
@@ -312,7 +284,7 @@ static int bounce_write(struct io_file *f, const uint8_t *buf, size_t len, uint6
 	/* A partial last block is written whole and may grow the file past
 	 * end; remember the size to trim it back afterwards. */
 	if (tail) {
-		ret = io_file_size(f, &old_size);
+		ret = fd_size(f, &old_size);
 		if (ret < 0)
 			return ret;
 	}
@@ -339,93 +311,57 @@ static int bounce_write(struct io_file *f, const uint8_t *buf, size_t len, uint6
 	if (ret == 0 && tail && old_size < ((end + a - 1) & ~(uint64_t)(a - 1))) {
 		struct stat st;
 
-		if (fstat(f->fd, &st) == 0 && S_ISREG(st.st_mode))
-			ret = io_file_truncate(f, old_size > end ? old_size : end);
+		/* part of this write, not a truncate of its own */
+		if (fstat(fd_of(f), &st) == 0 && S_ISREG(st.st_mode))
+			ret = fd_truncate(f, old_size > end ? old_size : end);
 	}
 	return ret;
 }
 
-int io_pread_full(struct io_file *f, void *buf, size_t len, uint64_t off)
+static int fd_read(struct io_file *f, void *buf, size_t len, uint64_t off)
 {
-	int ret = check_range(off, len);
-
-	if (ret < 0 || len == 0)
-		return ret;
-	if (f->fd < 0) {
-		struct io_req r = { .op = IO_READ, .file = f, .buf = buf, .len = len, .off = off };
-		ssize_t res = io_mem_exec(&r);
-
-		return res < 0 ? (int)res : 0;
-	}
 	if (misaligned(f, buf, len, off))
 		return bounce_read(f, buf, len, off);
 	return read_loop(f, buf, len, off);
 }
 
-static int pwrite_plain(struct io_file *f, const void *buf, size_t len, uint64_t off)
+static int fd_write(struct io_file *f, const void *buf, size_t len, uint64_t off)
 {
-	int ret = check_range(off, len);
-
-	if (ret < 0 || len == 0)
-		return ret;
-	if (f->fd < 0) {
-		struct io_req r = { .op = IO_WRITE, .file = f, .buf = (void *)buf,
-				    .len = len, .off = off };
-		ssize_t res = io_mem_exec(&r);
-
-		return res < 0 ? (int)res : 0;
-	}
 	if (misaligned(f, buf, len, off))
 		return bounce_write(f, buf, len, off);
 	return write_loop(f, buf, len, off);
 }
 
-int io_pwrite_full(struct io_file *f, const void *buf, size_t len, uint64_t off)
+static int fd_fsync(struct io_file *f)
 {
-	if (f->hook)
-		return io_fault_pwrite(f, buf, len, off);
-	return pwrite_plain(f, buf, len, off);
-}
-
-static int fsync_plain(struct io_file *f)
-{
-	if (f->fd < 0)
-		return 0;
-	while (fdatasync(f->fd) < 0)
+	while (fdatasync(fd_of(f)) < 0)
 		if (errno != EINTR)
 			return -errno;
 	return 0;
 }
 
-int io_fsync(struct io_file *f)
-{
-	if (f->hook)
-		return io_fault_fsync(f);
-	return fsync_plain(f);
-}
-
 /* Zeros over [off, off+len), clipped to the file size: a punch keeps it. */
-static int write_zeros(struct io_file *f, uint64_t off, size_t len)
+static int write_zeros(struct io_file *f, uint64_t off, uint64_t len)
 {
 	size_t a = f->align > 1 ? f->align : 64, zlen;
 	uint64_t size;
 	void *z;
-	int ret = io_file_size(f, &size);
+	int ret = fd_size(f, &size);
 
 	if (ret < 0)
 		return ret;
 	if (off >= size)
 		return 0;
 	if (len > size - off)
-		len = (size_t)(size - off);
-	zlen = len < BOUNCE_MAX ? (len + a - 1) & ~(a - 1) : BOUNCE_MAX;
+		len = size - off;
+	zlen = len < BOUNCE_MAX ? (size_t)(len + a - 1) & ~(a - 1) : BOUNCE_MAX;
 	if (posix_memalign(&z, a, zlen))
 		return -ENOMEM;
 	memset(z, 0, zlen);
 	while (len && ret == 0) {
-		size_t n = min_sz(len, zlen);
+		size_t n = len < zlen ? (size_t)len : zlen;
 
-		ret = pwrite_plain(f, z, n, off);   /* part of the punch, not a write of its own */
+		ret = fd_write(f, z, n, off);   /* part of the punch, not a write of its own */
 		off += n;
 		len -= n;
 	}
@@ -433,13 +369,11 @@ static int write_zeros(struct io_file *f, uint64_t off, size_t len)
 	return ret;
 }
 
-static int punch(struct io_file *f, uint64_t off, size_t len)
+static int fd_punch(struct io_file *f, uint64_t off, uint64_t len)
 {
-	int ret = check_range(off, len);
+	int ret;
 
-	if (ret < 0 || len == 0)
-		return ret;
-	if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	if (fallocate(fd_of(f), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)off, (off_t)len) == 0)
 		return 0;
 	ret = -errno;
@@ -450,63 +384,55 @@ static int punch(struct io_file *f, uint64_t off, size_t len)
 	return ret;
 }
 
-ssize_t io_exec_plain(struct io_req *r)
-{
-	struct io_file *f = r->file;
-	int ret;
-
-	if (f->fd < 0)
-		return io_mem_exec(r);
-	switch (r->op) {
-	case IO_READ:
-		ret = io_pread_full(f, r->buf, r->len, r->off);
-		return ret < 0 ? ret : (ssize_t)r->len;
-	case IO_WRITE:
-		ret = pwrite_plain(f, r->buf, r->len, r->off);
-		return ret < 0 ? ret : (ssize_t)r->len;
-	case IO_FSYNC:
-		return fsync_plain(f);
-	case IO_PUNCH:
-		return punch(f, r->off, r->len);
-	}
-	return -EINVAL;
-}
-
-ssize_t io_exec_sync(struct io_req *r)
-{
-	/* the fault layer sees every request first, then runs it as plain */
-	if (r->file->hook)
-		return io_fault_exec(r);
-	return io_exec_plain(r);
-}
-
-static bool fallback_ok(int err)
-{
-	return err == -ENOSYS || err == -EPERM || err == -ENOMEM || err == -EACCES ||
-	       err == -EOPNOTSUPP;
-}
-
-int io_queue_create(const char *force, unsigned depth, struct io_queue **q)
+static int fd_preallocate(struct io_file *f, uint64_t off, uint64_t len)
 {
 	int ret;
 
-	*q = NULL;
-	if (!force) {
-		/* Lets tests and users pick a backend without a rebuild. */
-		const char *env = getenv("UQCOW_IO");
-
-		if (env && *env && strcmp(env, "auto") != 0)
-			force = env;
-	}
-	if (!force) {
-		ret = io_uring_backend.queue_init(q, depth);
-		if (ret < 0 && fallback_ok(ret))
-			ret = io_psync_backend.queue_init(q, depth);
-		return ret;
-	}
-	if (strcmp(force, io_uring_backend.name) == 0)
-		return io_uring_backend.queue_init(q, depth);
-	if (strcmp(force, io_psync_backend.name) == 0)
-		return io_psync_backend.queue_init(q, depth);
-	return -EINVAL;
+	/* posix_fallocate returns the error; glibc writes zeros where the
+	 * file system can't allocate */
+	do
+		ret = posix_fallocate(fd_of(f), (off_t)off, (off_t)len);
+	while (ret == EINTR);
+	return -ret;
 }
+
+static int fd_seek(struct io_file *f, uint64_t off, bool hole, uint64_t *pos)
+{
+	off_t r = lseek(fd_of(f), (off_t)off, hole ? SEEK_HOLE : SEEK_DATA);
+
+	if (r < 0)
+		return -errno;
+	*pos = (uint64_t)r;
+	return 0;
+}
+
+static int fd_identity(struct io_file *f, uint64_t *dev, uint64_t *ino)
+{
+	struct stat st;
+
+	if (fstat(fd_of(f), &st) < 0)
+		return -errno;
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return 0;
+}
+
+static int fd_kernel_fd(struct io_file *f)
+{
+	return fd_of(f);
+}
+
+static const struct io_file_ops fd_ops = {
+	.read = fd_read,
+	.write = fd_write,
+	.punch = fd_punch,
+	.fsync = fd_fsync,
+	.truncate = fd_truncate,
+	.preallocate = fd_preallocate,
+	.size = fd_size,
+	.allocated = fd_allocated,
+	.seek = fd_seek,
+	.identity = fd_identity,
+	.kernel_fd = fd_kernel_fd,
+	.close = fd_close,
+};

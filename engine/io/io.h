@@ -1,6 +1,34 @@
 /* SPDX-License-Identifier: MIT */
-/* I/O backends behind one small ops table: a file handle plus a queue that
- * batches requests and reports completions through callbacks. */
+/* I/O as layers: every file is an object behind one ops table, and a queue
+ * batches requests on files and reports completions through callbacks.
+ *
+ * Files. The fd file (file.c) and the memory file (mem.c) implement the
+ * table. A wrapper is a file over an inner file that implements the same
+ * table, changing what it must and forwarding the rest (io_fwd_*, wrap.c).
+ * Engine code reaches a file only through the table, so a wrapper sees
+ * everything the engine does to the file it wraps.
+ *
+ * Queues. The io_uring backend hands a request to the kernel when its file
+ * has a kernel fd (kernel_fd >= 0); every other request, and every request
+ * under psync, runs inline through the ops (io_exec_sync).
+ *
+ * Writing a wrapper. Embed struct io_file first, set it up with
+ * io_wrap_init (it copies flags and alignment and takes a fresh id: io_uring
+ * registers files by id, so a wrapper must not share its inner's), own the
+ * inner file (closing the wrapper closes it), and fill the table with your
+ * ops and io_fwd_* for the rest. A wrapper that must see every request,
+ * queued ones included, returns -1 from kernel_fd (io_no_kernel_fd): under
+ * io_uring its requests then run inline, through it, in queue order. One
+ * that only changes synchronous calls may forward kernel_fd instead.
+ * Wrappers stack: each one's inner may be another wrapper.
+ *
+ * Two wrappers are planned. Fault injection (tests/lib/fault.c, test-only)
+ * records and fails changes; it must see every request, so it has no
+ * kernel fd. The accounting layer (bytes and requests per operation) will
+ * be the second: it counts in its ops and forwards, and likewise needs
+ * io_no_kernel_fd to see queued requests (at the price of io_uring's kernel
+ * path for that file, which is acceptable for counting, not for timing).
+ */
 #ifndef UQ_IO_H
 #define UQ_IO_H
 
@@ -11,6 +39,7 @@
 
 struct io_req;
 struct io_queue;
+struct io_file;
 
 /* Runs from io_reap() on the thread that reaps; may queue new requests. */
 typedef void (*io_done_fn)(struct io_req *r, ssize_t res);
@@ -40,17 +69,47 @@ struct io_req {
 #define IO_DIRECT (1u << 2)  /* O_DIRECT; misaligned reads bounce */
 #define IO_EXCL   (1u << 3)  /* with IO_CREATE: fail if it exists */
 
-/* A file: an fd, or an in-memory byte array (IO_MEM files). */
+/*
+ * The ops table. Every op returns 0 or -errno. The dispatchers below check
+ * ranges first (offsets fit off_t, off + len doesn't wrap) and skip empty
+ * transfers, so an op sees valid, non-empty ranges.
+ */
+struct io_file_ops {
+	/* All len bytes at off; what lies past end of file reads as zeros. */
+	int (*read)(struct io_file *f, void *buf, size_t len, uint64_t off);
+	/* All len bytes at off; the file grows to cover them. */
+	int (*write)(struct io_file *f, const void *buf, size_t len, uint64_t off);
+	/* Deallocate [off, off+len) keeping the size: it reads as zeros
+	 * (written as zeros where the file system can't punch). */
+	int (*punch)(struct io_file *f, uint64_t off, uint64_t len);
+	/* Everything written so far is durable (fdatasync). */
+	int (*fsync)(struct io_file *f);
+	/* Set the size; what grows reads as zeros. */
+	int (*truncate)(struct io_file *f, uint64_t size);
+	/* Reserve the blocks of [off, off+len), growing the size to cover it
+	 * (posix_fallocate; preallocation=falloc). */
+	int (*preallocate)(struct io_file *f, uint64_t off, uint64_t len);
+	int (*size)(struct io_file *f, uint64_t *size);
+	/* Bytes the file occupies (st_blocks * 512). */
+	int (*allocated)(struct io_file *f, uint64_t *bytes);
+	/* First offset at or after off that holds data (hole false) or lies
+	 * in a hole (hole true; end of file counts as one); -ENXIO when off
+	 * is at or past end of file, or no data follows. */
+	int (*seek)(struct io_file *f, uint64_t off, bool hole, uint64_t *pos);
+	/* Device and inode, to tell files apart; -ENOTSUP when it has none. */
+	int (*identity)(struct io_file *f, uint64_t *dev, uint64_t *ino);
+	/* The fd io_uring may hand requests on this file to, or -1: they
+	 * then run inline through the ops. Constant for the file's life. */
+	int (*kernel_fd)(struct io_file *f);
+	/* Release the file; a wrapper closes its inner file too. */
+	void (*close)(struct io_file *f);
+};
+
 struct io_file {
-	int fd;               /* -1 for memory files */
-	unsigned flags;
-	uint8_t *mem;         /* memory files */
-	uint64_t mem_len;
-	size_t mem_cap;
-	uint64_t mem_limit;   /* writes past this fail with ENOSPC (0 = none) */
-	unsigned align;       /* required alignment with IO_DIRECT (else 1) */
-	/* A hook the fault backend uses to observe requests; NULL otherwise. */
-	void *hook;
+	const struct io_file_ops *ops;
+	struct io_file *inner;   /* a wrapper's file underneath; NULL otherwise */
+	unsigned flags;          /* IO_* the file was opened with */
+	unsigned align;          /* required alignment with IO_DIRECT (else 1) */
 	/* Unique for the life of the process: lets a queue that registered
 	 * this file tell it from a later file that reused the fd number. */
 	uint64_t id;
@@ -91,27 +150,55 @@ static inline int io_reap(struct io_queue *q, unsigned min) { return q->be->reap
 static inline unsigned io_pending(struct io_queue *q) { return q->be->pending(q); }
 static inline const char *io_backend_name(struct io_queue *q) { return q->be->name; }
 
-/* Files. Memory files work with every backend (executed inline). */
+/* Opening. A memory file holds a copy of data; it works with every backend
+ * (inline). io_mem_set_limit makes growing it past bytes fail with ENOSPC
+ * (0: no limit); -EINVAL on a file that isn't a memory file. */
 int io_file_open(const char *path, unsigned flags, struct io_file **f);
 int io_file_open_mem(const void *data, size_t len, unsigned flags, struct io_file **f);
+int io_mem_set_limit(struct io_file *f, uint64_t bytes);
 void io_file_close(struct io_file *f);
-int io_file_size(struct io_file *f, uint64_t *size);
-int io_file_allocated(struct io_file *f, uint64_t *bytes); /* st_blocks * 512 */
-int io_file_truncate(struct io_file *f, uint64_t size);
 
-/* Synchronous helpers for setup paths (open, create, check): they run
- * inline, without a queue. Short reads past EOF are zero-filled. */
+/* Dispatchers over the table (ops.c): what engine code calls. They run
+ * inline, without a queue. */
 int io_pread_full(struct io_file *f, void *buf, size_t len, uint64_t off);
 int io_pwrite_full(struct io_file *f, const void *buf, size_t len, uint64_t off);
+int io_punch(struct io_file *f, uint64_t off, uint64_t len);
 int io_fsync(struct io_file *f);
+int io_file_truncate(struct io_file *f, uint64_t size);
+int io_file_preallocate(struct io_file *f, uint64_t off, uint64_t len);
+int io_file_size(struct io_file *f, uint64_t *size);
+int io_file_allocated(struct io_file *f, uint64_t *bytes);
+int io_file_seek_data(struct io_file *f, uint64_t off, uint64_t *pos);
+int io_file_seek_hole(struct io_file *f, uint64_t off, uint64_t *pos);
+int io_file_identity(struct io_file *f, uint64_t *dev, uint64_t *ino);
+int io_file_kernel_fd(struct io_file *f);
 
-/* Inline execution of one request on a file (used by psync and for memory
- * files under any backend). Returns the byte count or -errno. */
+/* Inline execution of one request through its file's ops (psync, and
+ * io_uring for files without a kernel fd). Returns the byte count of a
+ * read or write, 0 for the others, or -errno. */
 ssize_t io_exec_sync(struct io_req *r);
 
-/* Memory-file internals (mem.c), shared with file.c: io_exec_sync and
- * io_file_truncate hand requests on files with fd == -1 to these. */
-ssize_t io_mem_exec(struct io_req *r);
-int io_mem_truncate(struct io_file *f, uint64_t size);
+/* For implementations: set up a base file with a fresh id. */
+void io_file_init(struct io_file *f, const struct io_file_ops *ops, unsigned flags,
+		  unsigned align);
+
+/* For wrappers (wrap.c): set up outer over inner, and ops that forward to
+ * f->inner. io_fwd_close closes inner and frees f: for wrappers allocated
+ * with malloc, struct io_file first, with nothing else to release. */
+void io_wrap_init(struct io_file *outer, const struct io_file_ops *ops,
+		  struct io_file *inner);
+int io_fwd_read(struct io_file *f, void *buf, size_t len, uint64_t off);
+int io_fwd_write(struct io_file *f, const void *buf, size_t len, uint64_t off);
+int io_fwd_punch(struct io_file *f, uint64_t off, uint64_t len);
+int io_fwd_fsync(struct io_file *f);
+int io_fwd_truncate(struct io_file *f, uint64_t size);
+int io_fwd_preallocate(struct io_file *f, uint64_t off, uint64_t len);
+int io_fwd_size(struct io_file *f, uint64_t *size);
+int io_fwd_allocated(struct io_file *f, uint64_t *bytes);
+int io_fwd_seek(struct io_file *f, uint64_t off, bool hole, uint64_t *pos);
+int io_fwd_identity(struct io_file *f, uint64_t *dev, uint64_t *ino);
+int io_fwd_kernel_fd(struct io_file *f);
+int io_no_kernel_fd(struct io_file *f);   /* -1: see every request */
+void io_fwd_close(struct io_file *f);
 
 #endif

@@ -47,9 +47,10 @@ struct uring_queue {
 	unsigned fixed_next;
 };
 
-/* Slot of f in the registered table, registering it if needed; -1 when
- * registration isn't available (the request then uses the plain fd). */
-static int fixed_slot(struct uring_queue *uq, const struct io_file *f)
+/* Slot of f (whose kernel fd is fd) in the registered table, registering
+ * it if needed; -1 when registration isn't available (the request then
+ * uses the plain fd). */
+static int fixed_slot(struct uring_queue *uq, const struct io_file *f, int fd)
 {
 	unsigned i;
 
@@ -59,7 +60,7 @@ static int fixed_slot(struct uring_queue *uq, const struct io_file *f)
 		if (uq->fixed_id[i] == f->id)
 			return (int)i;
 	i = uq->fixed_next;
-	if (io_uring_register_files_update(&uq->ring, i, (int *)&f->fd, 1) != 1)
+	if (io_uring_register_files_update(&uq->ring, i, &fd, 1) != 1)
 		return -1;
 	uq->fixed_id[i] = f->id;
 	uq->fixed_next = (i + 1) % NFIXED;
@@ -107,14 +108,15 @@ static void wait_push_front(struct uring_queue *uq, struct io_req *r)
 	uq->nwait++;
 }
 
-/* Requests the kernel is not given: memory files, files under fault
- * injection (the fault layer must see each one, in queue order), empty or
- * out-of-range transfers, and O_DIRECT transfers that need a bounce buffer. */
+/* Requests the kernel is not given: those on files without a kernel fd
+ * (memory files, wrappers that must see each request, in queue order),
+ * empty or out-of-range transfers, and O_DIRECT transfers that need a
+ * bounce buffer. */
 static bool runs_inline(const struct io_req *r)
 {
-	const struct io_file *f = r->file;
+	struct io_file *f = r->file;
 
-	if (f->fd < 0 || f->hook)
+	if (io_file_kernel_fd(f) < 0)
 		return true;
 	if (r->op == IO_FSYNC)
 		return false;
@@ -139,7 +141,8 @@ static bool prep(struct uring_queue *uq, struct io_req *r)
 	sqe = io_uring_get_sqe(&uq->ring);
 	if (!sqe)
 		return false;
-	int slot = fixed_slot(uq, f), fd = slot >= 0 ? slot : f->fd;
+	int kfd = io_file_kernel_fd(f), slot = fixed_slot(uq, f, kfd);
+	int fd = slot >= 0 ? slot : kfd;
 
 	switch (r->op) {
 	case IO_READ:
@@ -263,7 +266,7 @@ static void handle(struct uring_queue *uq, struct io_req *r, int res)
 			retry(uq, r);
 		return;
 	case IO_PUNCH:
-		/* io_exec_sync writes zeros where holes can't be punched */
+		/* the file's punch writes zeros where holes can't be punched */
 		if (res == -EOPNOTSUPP || res == -EINVAL || res == -ENOSYS) {
 			complete(uq, r, io_exec_sync(r));
 			return;

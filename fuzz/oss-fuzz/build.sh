@@ -19,7 +19,7 @@ rm -rf "$build"
 mkdir -p "$build/engine" "$build/fuzz" "$OUT"
 
 std="-std=c11 -D_GNU_SOURCE"
-inc="-Iengine/include -Iengine -Iengine/io"
+inc="-Iengine/include -Iengine -Iengine/io -Itests/lib"
 
 # A static library if the toolchain finds one, else the shared one: the
 # runner image has only what the binary carries (no liburing or libzstd).
@@ -59,6 +59,12 @@ done
 rm -f "$build/libuqcow_fuzz.a"
 ar rcs "$build/libuqcow_fuzz.a" $objs
 
+# The test-only fault wrapper (tests/lib), which libuqcow doesn't contain;
+# image_ops records the image through it.
+$CC $CFLAGS $std $inc $uring_inc -c tests/lib/fault.c -o "$build/fault.o"
+rm -f "$build/libuqcow_fault.a"
+ar rcs "$build/libuqcow_fault.a" "$build/fault.o"
+
 # Every target with an .options file; the whole-image targets add the
 # structure-aware mutator.
 for opt in fuzz/*.options; do
@@ -73,7 +79,8 @@ for opt in fuzz/*.options; do
 		$CC $CFLAGS $std $inc -c "$s" -o "$o"
 		tobjs="$tobjs $o"
 	done
-	$CXX $CXXFLAGS $LIB_FUZZING_ENGINE $tobjs "$build/libuqcow_fuzz.a" $libs \
+	$CXX $CXXFLAGS $LIB_FUZZING_ENGINE $tobjs "$build/libuqcow_fault.a" \
+		"$build/libuqcow_fuzz.a" $libs \
 		-o "$OUT/$t"
 
 	rm -f "$OUT/${t}_seed_corpus.zip"

@@ -295,7 +295,7 @@ int run_start(struct run *R, const char *name, const struct cfg *c)
 		fprintf(stderr, "%s: open: %s\n", name, uq_errmsg());
 		return ret;
 	}
-	ret = io_fault_attach(R->img->file, &R->fl);
+	ret = uq_image_wrap_file(R->img, io_fault_wrap_fn, &R->fl);
 	if (ret < 0)
 		return ret;
 	R->reftable_at_start = R->img->h.refcount_table_offset;
@@ -1231,6 +1231,7 @@ static const char *kind_name(enum io_fault_kind k)
 	case IO_FAULT_PUNCH: return "punch";
 	case IO_FAULT_TRUNCATE: return "truncate";
 	case IO_FAULT_FLUSH: return "flush";
+	case IO_FAULT_PREALLOC: return "prealloc";
 	}
 	return "?";
 }

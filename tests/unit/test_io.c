@@ -1,13 +1,17 @@
 // SPDX-License-Identifier: MIT
 /* I/O backends: batched writes and reads (past the ring depth), zero-fill,
- * punch, truncate, ENOSPC, chained callbacks and O_DIRECT, on every backend. */
+ * punch, truncate, ENOSPC, chained callbacks and O_DIRECT, on every backend;
+ * wrapper files (one that forwards everything, the fault wrapper) over them. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "fault.h"
+#include "internal.h"
 #include "io.h"
 #include "uqcow.h"
 
@@ -16,8 +20,11 @@
 #define DEPTH 8                   /* small ring: every batch overflows it */
 #define MAXSEG 4096
 
-enum kind { KIND_FD, KIND_MEM };
-static const char *kind_name[] = { "fd", "mem" };
+/* Files the backend tests run on: an fd file, a memory file, an fd file
+ * under a wrapper that forwards everything (kernel fd included), and one
+ * under the fault wrapper (no kernel fd: everything runs through it). */
+enum kind { KIND_FD, KIND_MEM, KIND_FWD, KIND_FAULT, NKINDS };
+static const char *kind_name[] = { "fd", "mem", "fwd-fd", "fault-fd" };
 
 static const char *where = "";   /* backend/kind of the running test */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -125,24 +132,67 @@ static unsigned cut(struct seg *s, size_t total)
 	return n;
 }
 
-static int open_kind(enum kind k, char *path, struct io_file **f)
+/* A wrapper that changes nothing: every entry forwards to the inner file. */
+static const struct io_file_ops fwd_ops = {
+	.read = io_fwd_read,
+	.write = io_fwd_write,
+	.punch = io_fwd_punch,
+	.fsync = io_fwd_fsync,
+	.truncate = io_fwd_truncate,
+	.preallocate = io_fwd_preallocate,
+	.size = io_fwd_size,
+	.allocated = io_fwd_allocated,
+	.seek = io_fwd_seek,
+	.identity = io_fwd_identity,
+	.kernel_fd = io_fwd_kernel_fd,
+	.close = io_fwd_close,
+};
+
+static int wrap_fwd(struct io_file *inner, struct io_file **out)
+{
+	struct io_file *w = malloc(sizeof(*w));
+
+	*out = NULL;
+	if (!w)
+		return -ENOMEM;
+	io_wrap_init(w, &fwd_ops, inner);
+	*out = w;
+	return 0;
+}
+
+static int open_tmp(char *path, unsigned flags, struct io_file **f)
 {
 	int fd, ret;
 
-	if (k == KIND_MEM)
-		return io_file_open_mem(NULL, 0, IO_RDWR, f);
 	strcpy(path, "/tmp/uqcow-test-io-XXXXXX");
 	fd = mkstemp(path);
 	CHECK(fd >= 0);
 	close(fd);
-	ret = io_file_open(path, IO_RDWR | IO_CREATE, f);
+	ret = io_file_open(path, flags, f);
 	unlink(path);   /* the open fd keeps it; nothing is left behind */
-	CHECK(ret == 0);
+	return ret;
+}
+
+/* The fault record of the KIND_FAULT file under test. */
+static struct io_fault *cur_fl;
+
+static int open_kind(enum kind k, char *path, struct io_file **f)
+{
+	struct io_file *inner;
+
+	if (k == KIND_MEM)
+		return io_file_open_mem(NULL, 0, IO_RDWR, f);
+	CHECK(open_tmp(path, IO_RDWR | IO_CREATE, k == KIND_FD ? f : &inner) == 0);
+	if (k == KIND_FWD)
+		CHECK(wrap_fwd(inner, f) == 0);
+	if (k == KIND_FAULT)
+		CHECK(io_fault_wrap(inner, &cur_fl, f) == 0);
 	return 0;
 }
 
 static struct seg segs[MAXSEG];
 static struct io_req reqs[MAXSEG];
+static unsigned last_writes;   /* writes rw_batch queued */
 
 /* Write ref with many queued writes (some pieces left as holes), then read
  * everything back, past EOF, in one batch. ref holds what the file should
@@ -165,6 +215,7 @@ static int rw_batch(struct io_queue *q, struct io_file *f, uint8_t *ref, uint8_t
 		if (segs[i].off + segs[i].len > end)
 			end = segs[i].off + segs[i].len;
 	}
+	last_writes = nw;
 	CHECK(io_pending(q) == nw);
 	CHECK(io_submit(q) == 0);
 	RUN(drain(q));
@@ -344,7 +395,7 @@ static int enospc(struct io_queue *q)
 	uint64_t size;
 
 	CHECK(io_file_open_mem("abc", 3, IO_RDWR, &f) == 0);
-	f->mem_limit = 65536;
+	CHECK(io_mem_set_limit(f, 65536) == 0);
 	fill_random(buf, sizeof(buf));
 	completed = bad = 0;
 	set_req(&r[0], IO_WRITE, f, buf, 65536 - 60000, 60000);   /* ends at the limit */
@@ -449,7 +500,59 @@ static int direct(struct io_queue *q)
 	return 0;
 }
 
-/* Bytes read back by the first backend, per file kind, for comparison. */
+/* Under the fault wrapper, each of rw_batch's writes ran through it (under
+ * io_uring too: the wrapper has no kernel fd, so the queue ran them inline)
+ * and is in the record. */
+static int fault_saw_batch(void)
+{
+	CHECK(io_fault_changes(cur_fl) == last_writes);
+	CHECK(io_fault_nops(cur_fl) == last_writes && io_fault_failures(cur_fl) == 0);
+	for (size_t i = 0; i < last_writes; i++)
+		CHECK(io_fault_op(cur_fl, i)->kind == IO_FAULT_WRITE);
+	return 0;
+}
+
+/* An injected failure reaches the request through the queue; the next
+ * change works again (not sticky). Then the record, replayed on the file
+ * as it was at the wrap, gives the file as it is. */
+static int fault_through_queue(struct io_queue *q, struct io_file *f)
+{
+	static uint8_t buf[8192];
+	struct io_fault_image st;
+	size_t nops = io_fault_nops(cur_fl);
+	ssize_t want_nospc = -ENOSPC;
+	struct io_req r[2];
+	uint8_t *back;
+	uint64_t size;
+
+	fill_random(buf, sizeof(buf));
+	io_fault_fail_at(cur_fl, io_fault_changes(cur_fl) + 1, -ENOSPC, false);
+	set_req(&r[0], IO_WRITE, f, buf, 4096, 0);
+	r[0].priv = &want_nospc;
+	set_req(&r[1], IO_WRITE, f, buf + 4096, 4096, 4096);
+	completed = bad = 0;
+	io_queue_req(q, &r[0]);
+	io_queue_req(q, &r[1]);
+	RUN(drain(q));
+	CHECK(completed == 2 && bad == 0);
+	CHECK(io_fault_failures(cur_fl) == 1 && io_fault_nops(cur_fl) == nops + 1);
+	CHECK(io_fault_first_failure(cur_fl)->kind == IO_FAULT_WRITE &&
+	      io_fault_first_failure(cur_fl)->off == 0);
+	io_fault_fail_at(cur_fl, 0, 0, false);
+
+	CHECK(io_fault_crash_state(cur_fl, io_fault_nops(cur_fl), NULL, 0, &st) == 0);
+	CHECK(io_file_size(f, &size) == 0 && size == st.len);
+	back = malloc(size ? size : 1);
+	CHECK(back && io_pread_full(f, back, size, 0) == 0);
+	CHECK(memcmp(back, st.data, size) == 0);
+	CHECK(memcmp(back + 4096, buf + 4096, 4096) == 0);
+	free(back);
+	io_fault_image_free(&st);
+	return 0;
+}
+
+/* Bytes read back by the first backend, per file kind, for comparison.
+ * Wrapped fd files must read back what the plain one did. */
 static uint8_t *first_out[2];
 
 static int run_backend(const char *be)
@@ -462,7 +565,8 @@ static int run_backend(const char *be)
 	CHECK(ref && out);
 	CHECK(io_queue_create(be, DEPTH, &q) == 0);
 	CHECK(strcmp(io_backend_name(q), be) == 0);
-	for (int k = KIND_FD; k <= KIND_MEM && ret == 0; k++) {
+	for (int k = KIND_FD; k < NKINDS && ret == 0; k++) {
+		int same = k == KIND_MEM ? KIND_MEM : KIND_FD;
 		char path[64];
 		struct io_file *f;
 
@@ -474,23 +578,35 @@ static int run_backend(const char *be)
 			break;
 		ret = rw_batch(q, f, ref, out);
 		if (ret == 0) {
-			if (!first_out[k]) {
-				first_out[k] = out;
+			if (!first_out[same]) {
+				first_out[same] = out;
 				out = malloc(RSIZE);
 				if (!out)
 					ret = -1;
-			} else if (memcmp(first_out[k], out, RSIZE) != 0) {
-				fprintf(stderr, "[%s] differs from the first backend\n", where);
+			} else if (memcmp(first_out[same], out, RSIZE) != 0) {
+				fprintf(stderr, "[%s] differs from the first backend's %s\n",
+					where, kind_name[same]);
 				ret = -1;
 			}
 		}
+		if (ret == 0 && k == KIND_FAULT)
+			ret = fault_saw_batch();
 		if (ret == 0)
 			ret = punch_and_truncate(q, f, ref, out);
 		if (ret == 0)
 			ret = chained(q, f);
 		if (ret == 0)
 			ret = nested(q, f, out);
+		if (ret == 0 && k == KIND_FAULT)
+			ret = fault_through_queue(q, f);
 		io_file_close(f);
+		if (k == KIND_FAULT) {
+			/* the record outlives the file */
+			if (ret == 0 && io_fault_nops(cur_fl) <= last_writes)
+				ret = -1;
+			io_fault_free(cur_fl);
+			cur_fl = NULL;
+		}
 	}
 	if (ret == 0) {
 		snprintf(label, sizeof(label), "%s/mem", be);
@@ -506,6 +622,138 @@ static int run_backend(const char *be)
 	if (ret == 0)
 		printf("%s: ok\n", be);
 	return ret;
+}
+
+/* Each entry of the table, through a forwarding wrapper and on its inner
+ * file directly, gives the same answer; changes made through the wrapper
+ * land in the inner file; closing the wrapper closes the inner file. */
+static int forwarding_on(struct io_file *in)
+{
+	static uint8_t buf[65536], back[65536];
+	uint64_t a, b, c, d;
+	struct io_file *w;
+	int kfd, ra, rb;
+
+	CHECK(wrap_fwd(in, &w) == 0);
+	CHECK(w->inner == in && w->id != in->id);
+	CHECK(w->flags == in->flags && w->align == in->align);
+
+	fill_random(buf, sizeof(buf));
+	CHECK(io_pwrite_full(w, buf, sizeof(buf), 0) == 0);
+	CHECK(io_file_truncate(w, 1 << 20) == 0);
+	CHECK(io_punch(w, 4096, 8192) == 0);
+	memset(buf + 4096, 0, 8192);
+	CHECK(io_fsync(w) == 0);
+	CHECK(io_pread_full(in, back, sizeof(back), 0) == 0);
+	CHECK(memcmp(back, buf, sizeof(buf)) == 0);
+	memset(back, 0xa5, sizeof(back));
+	CHECK(io_pread_full(w, back, sizeof(back), 0) == 0);
+	CHECK(memcmp(back, buf, sizeof(buf)) == 0);
+
+	CHECK(io_file_size(w, &a) == 0 && io_file_size(in, &b) == 0 && a == b && a == 1 << 20);
+	CHECK(io_file_allocated(w, &a) == 0 && io_file_allocated(in, &b) == 0 && a == b);
+	for (uint64_t off = 0; off <= (1 << 20); off += 65536) {
+		ra = io_file_seek_data(w, off, &a);
+		rb = io_file_seek_data(in, off, &b);
+		CHECK(ra == rb && (ra < 0 || a == b));
+		ra = io_file_seek_hole(w, off, &a);
+		rb = io_file_seek_hole(in, off, &b);
+		CHECK(ra == rb && (ra < 0 || a == b));
+	}
+	CHECK(io_file_seek_data(w, 0, &a) == 0 && a == 0);
+	CHECK(io_file_seek_data(w, 1 << 20, &a) == -ENXIO);
+	ra = io_file_identity(w, &a, &b);
+	rb = io_file_identity(in, &c, &d);
+	CHECK(ra == rb && (ra < 0 || (a == c && b == d)));
+	kfd = io_file_kernel_fd(w);
+	CHECK(kfd == io_file_kernel_fd(in));
+	CHECK(io_file_preallocate(w, 1 << 20, 65536) == 0);
+	CHECK(io_file_size(in, &a) == 0 && a == (1 << 20) + 65536);
+
+	io_file_close(w);
+	if (kfd >= 0)
+		CHECK(fcntl(kfd, F_GETFD) == -1 && errno == EBADF);
+	return 0;
+}
+
+static int forwarding(void)
+{
+	char path[64];
+	struct io_file *in;
+	uint64_t dev, ino;
+
+	where = "forwarding/fd";
+	CHECK(open_tmp(path, IO_RDWR | IO_CREATE, &in) == 0);
+	CHECK(io_file_kernel_fd(in) >= 0 && io_file_identity(in, &dev, &ino) == 0);
+	RUN(forwarding_on(in));
+	where = "forwarding/mem";
+	CHECK(io_file_open_mem(NULL, 0, IO_RDWR, &in) == 0);
+	CHECK(io_file_kernel_fd(in) == -1 && io_file_identity(in, &dev, &ino) == -ENOTSUP);
+	RUN(forwarding_on(in));
+	printf("forwarding wrapper: ok\n");
+	return 0;
+}
+
+/* preallocation=falloc on an open image under the fault wrapper: the
+ * wrapper sees the truncate that grows the file and the preallocation of
+ * the data clusters, and its record replays to the file on disk. */
+static int fault_prealloc(void)
+{
+	enum { CS = 65536 };
+	struct uq_create_opts co = { .struct_size = sizeof(co), .size = 16 * CS,
+				     .cluster_size = CS };
+	struct uq_open_opts o = { .struct_size = sizeof(o), .flags = UQ_OPEN_RDWR,
+				  .backend = UQ_IO_PSYNC };
+	const struct io_fault_op *tr = NULL, *pa = NULL;
+	struct io_fault_image st;
+	struct io_file *disk;
+	struct io_fault *fl;
+	char path[64];
+	uq_image *img;
+	uint64_t size, alloc;
+	uint8_t *back;
+	int fd;
+
+	where = "fault/prealloc";
+	strcpy(path, "/tmp/uqcow-test-io-XXXXXX");
+	fd = mkstemp(path);
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK(uq_create(path, &co) == 0);
+	CHECK(uq_open(path, &o, &img) == 0);
+	CHECK(uq_image_wrap_file(img, io_fault_wrap_fn, &fl) == 0);
+	CHECK(img->data == img->file && img->file->inner);
+	CHECK(uq_preallocate(img, UQ_PREALLOC_FALLOC) == 0);
+	for (size_t i = 0; i < io_fault_nops(fl); i++) {
+		const struct io_fault_op *op = io_fault_op(fl, i);
+
+		if (op->kind == IO_FAULT_TRUNCATE && !pa)
+			tr = op;
+		if (op->kind == IO_FAULT_PREALLOC) {
+			CHECK(!pa);   /* one */
+			pa = op;
+		}
+	}
+	CHECK(tr && pa);
+	CHECK(pa->len > 0 && pa->off % CS == 0 && pa->off + pa->len == tr->len);
+	CHECK(pa->len >= 16 * CS);   /* every data cluster */
+	CHECK(io_file_size(img->file, &size) == 0 && size == tr->len);
+	CHECK(io_file_allocated(img->file, &alloc) == 0 && alloc >= pa->len);
+	CHECK(uq_close(img) == 0);
+
+	CHECK(io_fault_crash_state(fl, io_fault_nops(fl), NULL, 0, &st) == 0);
+	CHECK(io_file_open(path, 0, &disk) == 0);
+	CHECK(io_file_size(disk, &size) == 0 && size == st.len);
+	back = malloc(size);
+	CHECK(back && io_pread_full(disk, back, size, 0) == 0);
+	CHECK(memcmp(back, st.data, size) == 0);
+	free(back);
+	io_file_close(disk);
+	io_fault_image_free(&st);
+	io_fault_free(fl);
+	unlink(path);
+	printf("fault wrapper under preallocation=falloc: ok\n");
+	return 0;
 }
 
 static int selection(void)
@@ -546,6 +794,8 @@ int main(void)
 		printf("io_uring unavailable (%s): psync only\n", strerror(-ret));
 	}
 	if (run_backend("psync") < 0)
+		return 1;
+	if (forwarding() < 0 || fault_prealloc() < 0)
 		return 1;
 	free(first_out[0]);
 	free(first_out[1]);

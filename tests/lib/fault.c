@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: MIT
-/* The fault-injection layer (SQLite's crash-simulation VFS is the model):
- * records each change to a file, fails changes on demand, replays crashes. */
+/* The fault-injection wrapper (SQLite's crash-simulation VFS wraps the real
+ * one the same way): records each change made through it, fails changes on
+ * demand, rebuilds crash states. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fault.h"
 
+struct fault_file;
+
+/* The record. It outlives its file: tests read it after the image closed. */
 struct io_fault {
-	struct io_file *f;
-	struct io_fault_image base;   /* the file at attach */
+	struct fault_file *file;      /* recording it; NULL once detached or closed */
+	struct io_fault_image base;   /* the file at the wrap */
 	struct io_fault_op *ops;
 	size_t nops, cap;
-	uint64_t changes;             /* issued since attach, failed ones too */
+	uint64_t changes;             /* issued since the wrap, failed ones too */
 	uint64_t failures;
 	struct io_fault_op first_failure;
 	uint64_t fail_at;             /* 0: never */
@@ -102,6 +106,8 @@ int io_fault_image_apply(struct io_fault_image *img, const struct io_fault_op *o
 		return 0;
 	if (op->kind == IO_FAULT_TRUNCATE)
 		return image_set_len(img, op->len);
+	if (op->kind == IO_FAULT_PREALLOC)
+		return op->off + op->len > img->len ? image_set_len(img, op->off + op->len) : 0;
 	end = op->off + op->len;
 	/* A torn write: the disk got the first sectors, counted at the
 	 * device's sector boundaries, not from the start of the buffer. */
@@ -145,49 +151,28 @@ int io_fault_crash_state(const struct io_fault *fl, size_t durable, const uint64
 	return ret;
 }
 
-/* ---- recording ---- */
+/* ---- the record ---- */
 
-int io_fault_attach(struct io_file *f, struct io_fault **out)
-{
-	struct io_fault *fl;
-	uint64_t size;
-	int ret;
+struct fault_file {
+	struct io_file file;          /* first: the ops get this */
+	struct io_fault *fl;          /* NULL: detached, a plain pass-through */
+};
 
-	*out = NULL;
-	if (f->hook)
-		return -EBUSY;
-	ret = io_file_size(f, &size);
-	if (ret < 0)
-		return ret;
-	fl = calloc(1, sizeof(*fl));
-	if (!fl)
-		return -ENOMEM;
-	ret = image_set_len(&fl->base, size);
-	if (ret == 0)
-		ret = io_pread_full(f, fl->base.data, (size_t)size, 0);
-	if (ret < 0) {
-		io_fault_image_free(&fl->base);
-		free(fl);
-		return ret;
-	}
-	fl->f = f;
-	f->hook = fl;
-	*out = fl;
-	return 0;
-}
+static const struct io_file_ops fault_ops;
 
 void io_fault_detach(struct io_fault *fl)
 {
-	if (fl && fl->f && fl->f->hook == fl)
-		fl->f->hook = NULL;
-	if (fl)
-		fl->f = NULL;
+	if (fl && fl->file) {
+		fl->file->fl = NULL;
+		fl->file = NULL;
+	}
 }
 
 void io_fault_free(struct io_fault *fl)
 {
 	if (!fl)
 		return;
+	io_fault_detach(fl);
 	for (size_t i = 0; i < fl->nops; i++)
 		free(fl->ops[i].data);
 	free(fl->ops);
@@ -255,6 +240,9 @@ static int prepare(struct io_fault *fl, struct io_fault_op *op, const void *buf)
 	}
 	op->data = NULL;
 	if (op->kind == IO_FAULT_WRITE && op->len) {
+		/* buf is the write's; checked so the copy never reads NULL */
+		if (!buf)
+			return -EINVAL;
 		op->data = malloc((size_t)op->len);
 		if (!op->data)
 			return -ENOMEM;
@@ -263,76 +251,149 @@ static int prepare(struct io_fault *fl, struct io_fault_op *op, const void *buf)
 	return 0;
 }
 
-/* Run a change through the plain path and record it if it landed: r, or
- * for a truncate (which has no request) op.len applied to f. */
-static ssize_t run(struct io_fault *fl, struct io_fault_op op, struct io_req *r,
-		   struct io_file *f)
+/* The change op, on the inner file. */
+static int run_inner(struct io_file *in, const struct io_fault_op *op, const void *buf)
 {
-	ssize_t res;
+	switch (op->kind) {
+	case IO_FAULT_WRITE:
+		return io_pwrite_full(in, buf, (size_t)op->len, op->off);
+	case IO_FAULT_PUNCH:
+		return io_punch(in, op->off, op->len);
+	case IO_FAULT_TRUNCATE:
+		return io_file_truncate(in, op->len);
+	case IO_FAULT_FLUSH:
+		return io_fsync(in);
+	case IO_FAULT_PREALLOC:
+		return io_file_preallocate(in, op->off, op->len);
+	}
+	return -EINVAL;
+}
+
+/* Count a change, fail it if its turn has come, else run it on the inner
+ * file and record it if it landed. buf: a write's data. */
+static int change(struct io_file *f, struct io_fault_op op, const void *buf)
+{
+	struct io_fault *fl = ((struct fault_file *)f)->fl;
 	int ret;
 
+	if (!fl)
+		return run_inner(f->inner, &op, buf);
 	if (must_fail(fl, &op))
 		return fl->err;
-	ret = prepare(fl, &op, r ? r->buf : NULL);
+	ret = prepare(fl, &op, buf);
 	if (ret < 0)
 		return ret;
-	res = r ? io_exec_plain(r) : io_truncate_plain(f, op.len);
-	if (res < 0) {
+	ret = run_inner(f->inner, &op, buf);
+	if (ret < 0) {
 		free(op.data);
-		return res;
+		return ret;
 	}
-	/* A write or punch that did nothing needn't be replayed. */
-	if (op.kind != IO_FAULT_WRITE && op.kind != IO_FAULT_PUNCH)
-		fl->ops[fl->nops++] = op;
-	else if (op.len)
-		fl->ops[fl->nops++] = op;
-	return res;
+	fl->ops[fl->nops++] = op;
+	return 0;
 }
 
-ssize_t io_fault_exec(struct io_req *r)
+/* The dispatchers hand writes and punches over only when non-empty: each
+ * one is a change to replay. */
+static int fault_write(struct io_file *f, const void *buf, size_t len, uint64_t off)
 {
-	struct io_fault *fl = r->file->hook;
-	struct io_fault_op op = { .off = r->off, .len = r->len };
+	struct io_fault_op op = { .kind = IO_FAULT_WRITE, .off = off, .len = len };
 
-	switch (r->op) {
-	case IO_READ:
-		return io_exec_plain(r);
-	case IO_WRITE:
-		op.kind = IO_FAULT_WRITE;
-		break;
-	case IO_PUNCH:
-		op.kind = IO_FAULT_PUNCH;
-		break;
-	case IO_FSYNC:
-		op.kind = IO_FAULT_FLUSH;
-		op.off = op.len = 0;
-		break;
-	default:
-		return -EINVAL;
-	}
-	return run(fl, op, r, r->file);
+	return change(f, op, buf);
 }
 
-int io_fault_pwrite(struct io_file *f, const void *buf, size_t len, uint64_t off)
+static int fault_punch(struct io_file *f, uint64_t off, uint64_t len)
 {
-	struct io_req r = { .op = IO_WRITE, .file = f, .buf = (void *)buf, .len = len,
-			    .off = off };
-	ssize_t res = io_fault_exec(&r);
+	struct io_fault_op op = { .kind = IO_FAULT_PUNCH, .off = off, .len = len };
 
-	return res < 0 ? (int)res : 0;
+	return change(f, op, NULL);
 }
 
-int io_fault_fsync(struct io_file *f)
+static int fault_fsync(struct io_file *f)
 {
-	struct io_req r = { .op = IO_FSYNC, .file = f };
-	ssize_t res = io_fault_exec(&r);
+	struct io_fault_op op = { .kind = IO_FAULT_FLUSH };
 
-	return res < 0 ? (int)res : 0;
+	return change(f, op, NULL);
 }
 
-int io_fault_truncate(struct io_file *f, uint64_t size)
+static int fault_truncate(struct io_file *f, uint64_t size)
 {
 	struct io_fault_op op = { .kind = IO_FAULT_TRUNCATE, .len = size };
 
-	return (int)run(f->hook, op, NULL, f);
+	return change(f, op, NULL);
+}
+
+static int fault_preallocate(struct io_file *f, uint64_t off, uint64_t len)
+{
+	struct io_fault_op op = { .kind = IO_FAULT_PREALLOC, .off = off, .len = len };
+
+	return change(f, op, NULL);
+}
+
+/* Detached, io_uring may take requests straight to the inner file again. */
+static int fault_kernel_fd(struct io_file *f)
+{
+	return ((struct fault_file *)f)->fl ? -1 : io_file_kernel_fd(f->inner);
+}
+
+static void fault_close(struct io_file *f)
+{
+	io_fault_detach(((struct fault_file *)f)->fl);
+	io_fwd_close(f);
+}
+
+/* Reads, sizes and the rest change nothing: they pass through. */
+static const struct io_file_ops fault_ops = {
+	.read = io_fwd_read,
+	.write = fault_write,
+	.punch = fault_punch,
+	.fsync = fault_fsync,
+	.truncate = fault_truncate,
+	.preallocate = fault_preallocate,
+	.size = io_fwd_size,
+	.allocated = io_fwd_allocated,
+	.seek = io_fwd_seek,
+	.identity = io_fwd_identity,
+	.kernel_fd = fault_kernel_fd,
+	.close = fault_close,
+};
+
+int io_fault_wrap(struct io_file *inner, struct io_fault **out, struct io_file **outer)
+{
+	struct fault_file *ff;
+	struct io_fault *fl;
+	uint64_t size;
+	int ret;
+
+	*out = NULL;
+	*outer = NULL;
+	ret = io_file_size(inner, &size);
+	if (ret < 0)
+		return ret;
+	fl = calloc(1, sizeof(*fl));
+	ff = calloc(1, sizeof(*ff));
+	if (!fl || !ff) {
+		free(fl);
+		free(ff);
+		return -ENOMEM;
+	}
+	ret = image_set_len(&fl->base, size);
+	if (ret == 0)
+		ret = io_pread_full(inner, fl->base.data, (size_t)size, 0);
+	if (ret < 0) {
+		io_fault_image_free(&fl->base);
+		free(fl);
+		free(ff);
+		return ret;
+	}
+	io_wrap_init(&ff->file, &fault_ops, inner);
+	ff->fl = fl;
+	fl->file = ff;
+	*out = fl;
+	*outer = &ff->file;
+	return 0;
+}
+
+int io_fault_wrap_fn(struct io_file *inner, void *arg, struct io_file **outer)
+{
+	return io_fault_wrap(inner, arg, outer);
 }
