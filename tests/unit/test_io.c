@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "test.h"
 #include "uqcow.h"
 
 #define FSIZE (3u << 20)          /* bytes written per file */
@@ -19,17 +20,7 @@
 enum kind { KIND_FD, KIND_MEM };
 static const char *kind_name[] = { "fd", "mem" };
 
-static const char *where = "";   /* backend/kind of the running test */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-#define CHECK(c)                                                           \
-	do {                                                               \
-		if (!(c)) {                                                \
-			fprintf(stderr, "%s:%d [%s]: check failed: %s\n",  \
-				__FILE__, __LINE__, where, #c);            \
-			return -1;                                         \
-		}                                                          \
-	} while (0)
 
 #define RUN(call)                                                          \
 	do {                                                               \
@@ -61,7 +52,7 @@ static void count_done(struct io_req *r, ssize_t res)
 	if (r->priv)
 		want = *(ssize_t *)r->priv;
 	if (res != want) {
-		fprintf(stderr, "[%s] op %d off %llu len %zu: res %zd, want %zd\n", where,
+		fprintf(stderr, "[%s] op %d off %llu len %zu: res %zd, want %zd\n", test_where,
 			r->op, (unsigned long long)r->off, r->len, res, want);
 		bad++;
 	}
@@ -386,7 +377,7 @@ static int direct(struct io_queue *q)
 	ret = io_file_open(path, IO_RDWR | IO_CREATE | IO_DIRECT, &f);
 	unlink(path);
 	if (ret == -EINVAL) {
-		printf("[%s] O_DIRECT refused by the file system: skipped\n", where);
+		printf("[%s] O_DIRECT refused by the file system: skipped\n", test_where);
 		return 0;
 	}
 	CHECK(ret == 0);
@@ -467,7 +458,7 @@ static int run_backend(const char *be)
 		struct io_file *f;
 
 		snprintf(label, sizeof(label), "%s/%s", be, kind_name[k]);
-		where = label;
+		test_where = label;
 		rng = 0x9e3779b97f4a7c15ull;   /* same data on every backend */
 		ret = open_kind(k, path, &f);
 		if (ret < 0)
@@ -480,7 +471,7 @@ static int run_backend(const char *be)
 				if (!out)
 					ret = -1;
 			} else if (memcmp(first_out[k], out, RSIZE) != 0) {
-				fprintf(stderr, "[%s] differs from the first backend\n", where);
+				fprintf(stderr, "[%s] differs from the first backend\n", test_where);
 				ret = -1;
 			}
 		}
@@ -515,7 +506,7 @@ static int selection(void)
 	struct io_file *f;
 	int ret;
 
-	where = "selection";
+	test_where = "selection";
 	CHECK(io_queue_create("nonsense", DEPTH, &q) == -EINVAL);
 	CHECK(io_queue_create(NULL, DEPTH, &q) == 0);
 	if (env && *env && strcmp(env, "auto") != 0)

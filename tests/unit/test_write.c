@@ -8,10 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test.h"
 #include "uqcow.h"
-
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: %s (%s)\n", __FILE__, \
-	__LINE__, #c, uq_errmsg()); exit(1); } } while (0)
 
 static uint64_t rng;
 
