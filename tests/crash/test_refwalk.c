@@ -73,13 +73,14 @@ int __wrap_uq_count_refs(uq_image *img, uint64_t **counts, uint64_t *n)
 }
 
 /* The refcount check the crash suite made before refwalk.c, verbatim in
- * substance: uq_count_refs plus the refcount structures against the
- * stored refcounts. Returns the clusters it finds too low. */
+ * substance: uq_count_refs (here the wrapped one, as every call in this
+ * program) plus the refcount structures against the stored refcounts.
+ * Returns the clusters it finds too low. */
 static uint64_t old_check(uq_image *img)
 {
 	uint64_t cs = img->g.cluster_size, *counts, n, bad = 0;
 
-	CHECK(uq_count_refs(img, &counts, &n) == 0);
+	CHECK(__wrap_uq_count_refs(img, &counts, &n) == 0);
 	for (uint64_t i = 0; i < img->h.refcount_table_clusters; i++) {
 		uint64_t c = img->h.refcount_table_offset / cs + i;
 
