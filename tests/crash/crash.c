@@ -876,7 +876,7 @@ static void check_copied(struct run *R, uq_image *img, bool lag_ok, const char *
 		bool copied;
 
 		if (uq_l1_decode(g, img->l1[i], &l2_off, &copied) < 0 || !l2_off)
-			continue;   /* bad entries are uq_count_refs's to report */
+			continue;   /* bad entries are check_refcounts's to report */
 		if (uq_rc_get(img, l2_off >> g->cluster_bits, &rc) == 0 && (rc == 1) != copied &&
 		    !(lag_ok && rc == 1) && !bad++)
 			fail(R, "%s: L1 entry %u: L2 table 0x%llx has refcount %llu but COPIED is %s",
