@@ -157,9 +157,6 @@ struct bench_meta {
 
 int bench_meta(const char *path, struct bench_meta *m);
 
-/* Memory the image's caches hold now (L2 slots + loaded refcount blocks). */
-uint64_t bench_cache_bytes(uq_image *img);
-
 /* Keep qd requests in flight on an image until n have finished: reads,
  * or writes of io bytes each. Offsets: random io-aligned in [0, span)
  * from seed, or (first + i) * step (step 0: io) wrapping at span.

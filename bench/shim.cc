@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
-/* The only C++ of the suite: registers every C benchmark body with Google
- * Benchmark (1.7.1), names carrying every parameter, and runs them. */
+/* The only C++ of the suite: registers C benchmark bodies with Google
+ * Benchmark (1.7.1), names carrying every parameter, and runs them. Built
+ * twice: uqcow-bench (the public API) and, with UQCOW_BENCH_PARTS,
+ * uqcow-bench-parts (engine components, linking internals). */
 #include <benchmark/benchmark.h>
 
 #include <csignal>
@@ -56,7 +58,8 @@ void run_body(benchmark::State &st, Body body, const std::vector<int64_t> &args)
 	}
 }
 
-std::string sz(uint64_t v)
+/* (uqcow-bench-parts registers nothing with a size) */
+[[maybe_unused]] std::string sz(uint64_t v)
 {
 	static const char units[] = "kMGT";
 	char buf[32];
@@ -113,9 +116,46 @@ std::string fmt(const char *f, ...)
 	return buf;
 }
 
-const unsigned widths[] = { 1, 2, 4, 8, 16, 32, 64 };
-const uint64_t K = 1024, M = K * K, G = K * M;
+#ifdef UQCOW_BENCH_PARTS
+#define BENCH_NAME "uqcow-bench-parts"
+#else
+#define BENCH_NAME "uqcow-bench"
+#endif
 
+const unsigned widths[] = { 1, 2, 4, 8, 16, 32, 64 };
+/* (uqcow-bench-parts uses only K) */
+[[maybe_unused]] const uint64_t K = 1024, M = K * K, G = K * M;
+
+#ifdef UQCOW_BENCH_PARTS
+
+/* Components measured on their own, through engine internals: the L2
+ * cache's hit path and the codecs. The scale changes nothing here. */
+void register_all(enum bench_scale)
+{
+	/* 5. L2 cache: hit-path lookups against the mutex baseline; 8
+	 * tables stay in the CPU's caches (the cost is synchronisation),
+	 * 256 (16 MiB) do not (the cost is memory) */
+	for (unsigned tables : { 8u, 256u }) {
+		add(fmt("l2cache_hit/tables:%u/cluster:64k", tables), bench_cache_hit,
+		    { tables }, THREADS);
+		add(fmt("l2cache_mutex/tables:%u/cluster:64k", tables), bench_cache_mutex,
+		    { tables }, THREADS);
+	}
+
+	/* 6. parse costs */
+	for (unsigned v : { 2u, 3u })
+		add(fmt("parse_header/version:%u", v), bench_parse_header, { v }, US);
+	for (unsigned ext : { 0u, 1u })
+		add(fmt("parse_l2/cluster:64k/extended:%u", ext), bench_parse_l2,
+		    { 64 * K, ext }, US);
+	for (unsigned bits : widths)
+		add(fmt("parse_refcount/refcount_bits:%u/cluster:64k", bits),
+		    bench_parse_refcount, { bits, 64 * K }, US);
+}
+
+#else
+
+/* The engine as its users see it: uqcow.h only. */
 void register_all(enum bench_scale scale)
 {
 	bool small = scale == BENCH_SMALL, large = scale == BENCH_LARGE;
@@ -210,34 +250,19 @@ void register_all(enum bench_scale scale)
 			    bench_iops, { o.write, o.random, (int64_t)o.io, qd, (int64_t)span },
 			    MANUAL | US);
 
-	/* 5. L2 cache: hit-path lookups against the mutex baseline, the
-	 * size sweep across full coverage (1 MiB maps 8 GiB at 64 KiB
-	 * clusters), and reads from one queue per thread */
-	/* 8 tables stay in the CPU's caches (the cost is synchronisation),
-	 * 256 (16 MiB) do not (the cost is memory) */
-	for (unsigned tables : { 8u, 256u }) {
-		add(fmt("l2cache_hit/tables:%u/cluster:64k", tables), bench_cache_hit,
-		    { tables }, THREADS);
-		add(fmt("l2cache_mutex/tables:%u/cluster:64k", tables), bench_cache_mutex,
-		    { tables }, THREADS);
-	}
+	/* 5. L2 cache: the size sweep across full coverage (1 MiB maps
+	 * 8 GiB at 64 KiB clusters), and reads from one queue per thread
+	 * (the hit path against the mutex baseline: uqcow-bench-parts) */
 	for (uint64_t c : { 256 * K, 512 * K, 896 * K, 960 * K, 1 * M, 2 * M })
 		add(fmt("l2cache_sweep/image:8G/cluster:64k/l2_cache:%s/io:4k/qd:32/direct:1",
 			sz(c).c_str()),
 		    bench_cache_sweep, { (int64_t)c, (int64_t)(8 * G), 32 }, MANUAL | US);
 	add(fmt("mq_read/io:4k/qd:32/image:%s/direct:0", sz(span).c_str()), bench_mq_read,
 	    { 32, (int64_t)span }, THREADS | US);
-
-	/* 6. parse costs */
-	for (unsigned v : { 2u, 3u })
-		add(fmt("parse_header/version:%u", v), bench_parse_header, { v }, US);
-	for (unsigned ext : { 0u, 1u })
-		add(fmt("parse_l2/cluster:64k/extended:%u", ext), bench_parse_l2,
-		    { 64 * K, ext }, US);
-	for (unsigned bits : widths)
-		add(fmt("parse_refcount/refcount_bits:%u/cluster:64k", bits),
-		    bench_parse_refcount, { bits, 64 * K }, US);
+	/* 6. parse costs: uqcow-bench-parts */
 }
+
+#endif
 
 /* Which I/O backend ran and whether O_DIRECT works here: in the JSON
  * context, so that runs from different machines are told apart. */
@@ -248,6 +273,7 @@ void add_context(enum bench_scale scale)
 	struct uq_info info;
 	uq_image *img;
 
+	benchmark::AddCustomContext("uqcow_binary", BENCH_NAME);
 	benchmark::AddCustomContext("uqcow_scale", scales[scale]);
 	benchmark::AddCustomContext("uqcow_dir", bench_dir());
 	bench_path(path, sizeof(path), "context.qcow2");
@@ -379,7 +405,7 @@ int main(int argc, char **argv)
 	benchmark::Shutdown();
 	bench_cleanup();
 	if (failures) {
-		fprintf(stderr, "uqcow-bench: %u benchmark run(s) failed\n", failures.load());
+		fprintf(stderr, BENCH_NAME ": %u benchmark run(s) failed\n", failures.load());
 		return 1;
 	}
 	return 0;

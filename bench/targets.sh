@@ -12,7 +12,8 @@ set -euo pipefail
 build=${1:-build}
 uqcow=$build/tools/uqcow
 ubench=$build/bench/uqcow-bench
-for t in "$uqcow" "$ubench"; do
+parts=$build/bench/uqcow-bench-parts      # the L2 cache hit path needs internals
+for t in "$uqcow" "$ubench" "$parts"; do
 	[ -x "$t" ] || { echo "targets.sh: $t not built" >&2; exit 2; }
 done
 command -v qemu-img >/dev/null || { echo "targets.sh: qemu-img missing" >&2; exit 77; }
@@ -95,7 +96,7 @@ fi
 
 echo
 echo "== 4. L2 cache hits, 1 and 2 threads, against the mutex baseline"
-"$ubench" --benchmark_filter='^l2cache_(hit|mutex)/' --benchmark_repetitions=5 \
+"$parts" --benchmark_filter='^l2cache_(hit|mutex)/' --benchmark_repetitions=5 \
 	--benchmark_out=cache.json >/dev/null 2>&1
 python3 - cache.json <<'EOF'
 import json, sys

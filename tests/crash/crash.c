@@ -13,7 +13,7 @@
 
 #include "crash.h"
 #include "error.h"
-#include "recount.h"
+#include "refwalk.h"
 
 /* Reports per run beyond this many are counted, not printed; and no more
  * than this many runs keep their failing states on disk. */
@@ -807,46 +807,56 @@ static void save_failure(struct run *R, const struct io_fault_image *st, const c
 		fprintf(stderr, "  %s: state saved as %s\n", label, path);
 }
 
+/* Every reference covered by a refcount, by refwalk.c's own walk of the
+ * file as the writable open left it: the state itself, or for a dirty one
+ * what the engine made of it when it rebuilt the refcounts on open. The
+ * walk shares no code with that rebuild (uq_count_refs), so a reference
+ * the rebuild misses shows here. A refcount above the references is a
+ * leak, which a crash may leave. */
 static void check_refcounts(struct run *R, uq_image *img, const char *label)
 {
-	uint64_t cs = img->g.cluster_size, *counts, n, bad = 0;
-	int ret = uq_count_refs(img, &counts, &n);
+	struct rw_result res;
+	uint64_t len, bad = 0;
+	uint8_t *file;
+	int ret;
 
-	if (ret < 0) {
-		fail(R, "%s: counting references: %s", label, uq_errmsg());
-		return;
+	if (io_file_size(img->file, &len) < 0 || !(file = malloc(len ? len : 1)) ||
+	    io_pread_full(img->file, file, len, 0) < 0) {
+		fprintf(stderr, "can't read back the reopened image\n");
+		exit(1);
 	}
-	/* the refcount structures are not references, but must be counted */
-	for (uint64_t i = 0; i < img->h.refcount_table_clusters; i++) {
-		uint64_t c = img->h.refcount_table_offset / cs + i;
-
-		if (c < n)
-			counts[c]++;
+	ret = refwalk(file, len, &res);
+	free(file);
+	if (ret == -ENOMEM)
+		exit(1);
+	if (ret < 0 || res.nproblems) {
+		fail(R, "%s: counting references: %s%s", label, res.problem,
+		     res.nproblems > 1 ? " (and more)" : "");
+		if (ret < 0)
+			return;
 	}
-	for (uint64_t i = 0; i < img->rc.entries; i++)
-		if (img->rc.table[i] && img->rc.table[i] / cs < n)
-			counts[img->rc.table[i] / cs]++;
-	for (uint64_t c = 0; c < n; c++) {
-		uint64_t v;
+	for (size_t i = 0; i < res.ndiff; i++) {
+		const struct rw_diff *d = &res.diff[i];
 
-		if (!counts[c])
+		if (!d->unknown && d->stored > d->refs)
 			continue;
-		ret = uq_rc_get(img, c, &v);
-		if (ret < 0) {
-			fail(R, "%s: reading the refcount of cluster 0x%llx: %s", label,
-			     (unsigned long long)(c * cs), uq_errmsg());
-			break;
-		}
-		if (v < counts[c] && !bad++)
-			fail(R, "%s: cluster 0x%llx has refcount %llu but %llu references%s",
-			     label, (unsigned long long)(c * cs), (unsigned long long)v,
-			     (unsigned long long)counts[c],
-			     v ? "" : " (an entry points at a free cluster)");
+		if (bad++)
+			continue;
+		if (d->unknown)
+			fail(R, "%s: cluster 0x%llx has %llu references but its refcount block "
+			     "can't be read", label, (unsigned long long)(d->cluster << res.cluster_bits),
+			     (unsigned long long)d->refs);
+		else
+			fail(R, "%s: cluster 0x%llx has refcount %llu but %llu references%s%s",
+			     label, (unsigned long long)(d->cluster << res.cluster_bits),
+			     (unsigned long long)d->stored, (unsigned long long)d->refs,
+			     d->stored ? "" : " (an entry points at a free cluster)",
+			     res.dirty ? " (the file is still marked dirty)" : "");
 	}
 	if (bad > 1)
 		fprintf(stderr, "  ... %llu clusters in all have too low a refcount\n",
 			(unsigned long long)bad);
-	free(counts);
+	refwalk_free(&res);
 }
 
 /* COPIED must be set exactly where the refcount is 1 (qemu-img check counts
@@ -866,7 +876,7 @@ static void check_copied(struct run *R, uq_image *img, bool lag_ok, const char *
 		bool copied;
 
 		if (uq_l1_decode(g, img->l1[i], &l2_off, &copied) < 0 || !l2_off)
-			continue;   /* bad entries are uq_count_refs's to report */
+			continue;   /* bad entries are check_refcounts's to report */
 		if (uq_rc_get(img, l2_off >> g->cluster_bits, &rc) == 0 && (rc == 1) != copied &&
 		    !(lag_ok && rc == 1) && !bad++)
 			fail(R, "%s: L1 entry %u: L2 table 0x%llx has refcount %llu but COPIED is %s",

@@ -169,14 +169,22 @@ static uint64_t reftable_cover(const struct run *R)
 	return (cs / 8) * (cs * 8 / R->c.bits) * cs;
 }
 
-/* Large writes until the refcount table must grow (where the width makes
- * that affordable: at 512-byte clusters one table cluster describes
- * 128 MiB / refcount_bits of host file). */
+/* Does the rcgrow workload write past what the refcount table covers?
+ * Where the width makes that affordable: at 512-byte clusters one table
+ * cluster describes 128 MiB / refcount_bits of host file, so at 16 bits
+ * and more within the 9 MiB guest. */
+static bool rcgrow_must_grow(const struct run *R)
+{
+	return reftable_cover(R) + (256 << 10) <= R->size;
+}
+
+/* Large writes until the refcount table must grow (rcgrow_must_grow);
+ * elsewhere 1 MiB of them. */
 static void wl_rcgrow(struct run *R)
 {
 	uint64_t cover = reftable_cover(R), target, chunk = 512 << 10, off = 0;
 
-	target = cover + (256 << 10) <= R->size ? cover + (256 << 10) : 1 << 20;
+	target = rcgrow_must_grow(R) ? cover + (256 << 10) : 1 << 20;
 	for (int i = 0; off < target; i++) {
 		uint64_t len = target - off < chunk ? target - off : chunk;
 
@@ -408,6 +416,11 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 		w->fn(&R);
 		g_flush(&R);
 		run_close(&R);
+		/* the workload is there to make it grow: a run that didn't
+		 * tested nothing it was meant to */
+		if (w->fn == wl_rcgrow && rcgrow_must_grow(&R) && !R.reftable_grew)
+			fail(&R, "the refcount table did not grow, though the workload "
+			     "wrote past what it covered");
 		states = check_crash_states(&R);
 	} else {
 		fail(&R, "could not set up the run (%d)", ret);
@@ -420,8 +433,9 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	       "recorded%s%s%s\n", w->name, (unsigned long long)seed, bits, lazy, states,
 	       R.points, R.samples, R.uq_checks, R.qemu_checks, R.fl ? io_fault_nops(R.fl) : 0,
 	       snaps,
-	       strcmp(w->name, "rcgrow") ? "" : R.reftable_grew ? ", refcount table grew"
-								 : ", refcount table did not grow",
+	       w->fn != wl_rcgrow ? "" : R.reftable_grew ? ", refcount table grew" :
+	       rcgrow_must_grow(&R) ? ", refcount table did not grow" :
+				      ", refcount table did not grow (not at this width)",
 	       R.failures ? " FAILED" : "");
 	fflush(stdout);
 	t->states += states;

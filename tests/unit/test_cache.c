@@ -9,8 +9,7 @@
 #include <string.h>
 
 #include "l2cache.h"
-
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #c); exit(1); } } while (0)
+#include "test.h"
 
 #define TB 4096                       /* table bytes: 256 two-word entries */
 

@@ -13,6 +13,7 @@
 #include "fault.h"
 #include "internal.h"
 #include "io.h"
+#include "test.h"
 #include "uqcow.h"
 
 #define FSIZE (3u << 20)          /* bytes written per file */
@@ -26,17 +27,7 @@
 enum kind { KIND_FD, KIND_MEM, KIND_FWD, KIND_FAULT, NKINDS };
 static const char *kind_name[] = { "fd", "mem", "fwd-fd", "fault-fd" };
 
-static const char *where = "";   /* backend/kind of the running test */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-#define CHECK(c)                                                           \
-	do {                                                               \
-		if (!(c)) {                                                \
-			fprintf(stderr, "%s:%d [%s]: check failed: %s\n",  \
-				__FILE__, __LINE__, where, #c);            \
-			return -1;                                         \
-		}                                                          \
-	} while (0)
 
 #define RUN(call)                                                          \
 	do {                                                               \
@@ -68,7 +59,7 @@ static void count_done(struct io_req *r, ssize_t res)
 	if (r->priv)
 		want = *(ssize_t *)r->priv;
 	if (res != want) {
-		fprintf(stderr, "[%s] op %d off %llu len %zu: res %zd, want %zd\n", where,
+		fprintf(stderr, "[%s] op %d off %llu len %zu: res %zd, want %zd\n", test_where,
 			r->op, (unsigned long long)r->off, r->len, res, want);
 		bad++;
 	}
@@ -437,7 +428,7 @@ static int direct(struct io_queue *q)
 	ret = io_file_open(path, IO_RDWR | IO_CREATE | IO_DIRECT, &f);
 	unlink(path);
 	if (ret == -EINVAL) {
-		printf("[%s] O_DIRECT refused by the file system: skipped\n", where);
+		printf("[%s] O_DIRECT refused by the file system: skipped\n", test_where);
 		return 0;
 	}
 	CHECK(ret == 0);
@@ -571,7 +562,7 @@ static int run_backend(const char *be)
 		struct io_file *f;
 
 		snprintf(label, sizeof(label), "%s/%s", be, kind_name[k]);
-		where = label;
+		test_where = label;
 		rng = 0x9e3779b97f4a7c15ull;   /* same data on every backend */
 		ret = open_kind(k, path, &f);
 		if (ret < 0)
@@ -585,7 +576,7 @@ static int run_backend(const char *be)
 					ret = -1;
 			} else if (memcmp(first_out[same], out, RSIZE) != 0) {
 				fprintf(stderr, "[%s] differs from the first backend's %s\n",
-					where, kind_name[same]);
+					test_where, kind_name[same]);
 				ret = -1;
 			}
 		}
@@ -682,11 +673,11 @@ static int forwarding(void)
 	struct io_file *in;
 	uint64_t dev, ino;
 
-	where = "forwarding/fd";
+	test_where = "forwarding/fd";
 	CHECK(open_tmp(path, IO_RDWR | IO_CREATE, &in) == 0);
 	CHECK(io_file_kernel_fd(in) >= 0 && io_file_identity(in, &dev, &ino) == 0);
 	RUN(forwarding_on(in));
-	where = "forwarding/mem";
+	test_where = "forwarding/mem";
 	CHECK(io_file_open_mem(NULL, 0, IO_RDWR, &in) == 0);
 	CHECK(io_file_kernel_fd(in) == -1 && io_file_identity(in, &dev, &ino) == -ENOTSUP);
 	RUN(forwarding_on(in));
@@ -714,7 +705,7 @@ static int fault_prealloc(void)
 	uint8_t *back;
 	int fd;
 
-	where = "fault/prealloc";
+	test_where = "fault/prealloc";
 	strcpy(path, "/tmp/uqcow-test-io-XXXXXX");
 	fd = mkstemp(path);
 	CHECK(fd >= 0);
@@ -763,7 +754,7 @@ static int selection(void)
 	struct io_file *f;
 	int ret;
 
-	where = "selection";
+	test_where = "selection";
 	CHECK(io_queue_create("nonsense", DEPTH, &q) == -EINVAL);
 	CHECK(io_queue_create(NULL, DEPTH, &q) == 0);
 	if (env && *env && strcmp(env, "auto") != 0)

@@ -8,10 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test.h"
 #include "uqcow.h"
-
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: %s (%s)\n", __FILE__, \
-	__LINE__, #c, uq_errmsg()); exit(1); } } while (0)
 
 #define SIZE (32u << 20)
 #define CS 4096u                     /* small clusters: many L2 tables */

@@ -11,10 +11,8 @@
 #include "compress.h"
 #include "format.h"
 #include "internal.h"
+#include "test.h"
 #include "uqcow.h"
-
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "%s:%d: %s (%s)\n", __FILE__, \
-	__LINE__, #c, uq_errmsg()); exit(1); } } while (0)
 
 static uint64_t rng = 88172645463325252ull;
 
