@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "overlap.h"
 #include "recount.h"
+#include "walk.h"
 
 static int need_writable(uq_image *img)
 {
@@ -101,7 +102,6 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 	uint64_t cs = img->g.cluster_size, bytes = entries * 8, off;
 	uint64_t old_off = img->h.l1_table_offset, old_bytes = (uint64_t)img->h.l1_size * 8;
 	uint64_t *l1;
-	uint8_t *raw;
 	int ret;
 
 	if (bytes > QCOW_MAX_L1_BYTES)
@@ -112,18 +112,11 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 	if (uq_meta_overlaps(img, off, bytes))
 		return uq_mark_corrupt(img, "a new L1 table", off);
 	l1 = calloc(entries, 8);
-	raw = calloc(1, (bytes + cs - 1) / cs * cs);
-	if (!l1 || !raw) {
-		free(l1);
-		free(raw);
+	if (!l1)
 		return -ENOMEM;
-	}
 	memcpy(l1, img->l1, old_bytes);
-	for (uint64_t i = 0; i < entries; i++)
-		uq_put_be64(raw + i * 8, l1[i]);
 	/* the table and its refcounts are durable before the header names it */
-	ret = io_pwrite_full(img->file, raw, (bytes + cs - 1) / cs * cs, off);
-	free(raw);
+	ret = uq_write_table64(img->file, off, l1, entries, (bytes + cs - 1) / cs * cs);
 	if (ret == 0)
 		ret = uq_meta_flush(img);
 	/* lazy refcounts too: the dirty bit is set only once an L2 change

@@ -14,16 +14,28 @@
 #define QCOW_V3_HEADER_LEN 104u           /* through header_length */
 #define QCOW_V3_HEADER_LEN_CT 112u        /* with compression_type, padded */
 
-/* Byte offsets of the header fields the engine rewrites in place. */
-#define QCOW_HDR_SIZE               24    /* size, u64 */
-#define QCOW_HDR_L1_SIZE            36    /* l1_size, u32; l1_table_offset follows */
-#define QCOW_HDR_L1_TABLE_OFFSET    40
-#define QCOW_HDR_REFCOUNT_TABLE     48    /* refcount_table_offset, u64; clusters u32 follow */
-#define QCOW_HDR_NB_SNAPSHOTS       60    /* nb_snapshots, u32; snapshots_offset u64 follows */
-#define QCOW_HDR_INCOMPAT           72    /* incompatible_features, u64 */
-#define QCOW_HDR_COMPAT             80    /* compatible_features, u64 */
-#define QCOW_HDR_AUTOCLEAR          88    /* autoclear_features, u64 */
-#define QCOW_HDR_REFCOUNT_ORDER     96    /* refcount_order, u32 */
+/* Byte offsets of the header fields, from the start of the file. */
+enum {
+	QCOW_HDR_MAGIC = 0,
+	QCOW_HDR_VERSION = 4,
+	QCOW_HDR_BACKING_OFFSET = 8,
+	QCOW_HDR_BACKING_SIZE = 16,
+	QCOW_HDR_CLUSTER_BITS = 20,
+	QCOW_HDR_SIZE = 24,               /* size..l1_table_offset: one sector */
+	QCOW_HDR_CRYPT = 32,
+	QCOW_HDR_L1_SIZE = 36,
+	QCOW_HDR_L1_TABLE_OFFSET = 40,
+	QCOW_HDR_REFCOUNT_TABLE = 48,     /* refcount_table_offset */
+	QCOW_HDR_REFCOUNT_CLUSTERS = 56,
+	QCOW_HDR_NB_SNAPSHOTS = 60,       /* nb_snapshots; snapshots_offset follows */
+	QCOW_HDR_SNAPSHOTS_OFFSET = 64,
+	QCOW_HDR_INCOMPAT = 72,           /* v3 fields from here */
+	QCOW_HDR_COMPAT = 80,
+	QCOW_HDR_AUTOCLEAR = 88,
+	QCOW_HDR_REFCOUNT_ORDER = 96,
+	QCOW_HDR_HEADER_LENGTH = 100,
+	QCOW_HDR_COMPRESSION = 104,
+};
 
 #define QCOW_MIN_CLUSTER_BITS 9
 #define QCOW_MAX_CLUSTER_BITS 21          /* 2 MiB: QEMU's implementation limit */
@@ -117,6 +129,11 @@ int uq_header_encode(const struct uq_header *h, uint8_t *buf, size_t len);
 bool uq_header_equal(const struct uq_header *a, const struct uq_header *b);
 
 /* Minimum L1 entries for a virtual size (overflow-checked). */
+/* Is [off, off + bytes) cluster aligned and inside the file? A message
+ * names field (for the offset) or what (for the range) if not. */
+int uq_check_table(const char *field, const char *what, uint64_t off, uint64_t bytes,
+		   uint64_t csize, uint64_t file_size);
+
 int uq_l1_entries_for(uint64_t size, uint32_t cluster_bits, bool extended_l2,
 		      uint64_t *entries);
 

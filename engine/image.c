@@ -128,55 +128,6 @@ static int load_l1(uq_image *img)
 	return ret;
 }
 
-static int load_snapshots(uq_image *img)
-{
-	uint64_t off = img->h.snapshots_offset, avail;
-	uint32_t n = img->h.nb_snapshots;
-	uint8_t *tab;
-	size_t pos = 0;
-	int ret = 0;
-
-	if (!n)
-		return 0;
-	/* header decode put the table start inside the file */
-	avail = img->file_size - off;
-	if (avail > QCOW_MAX_SNAPSHOT_TABLE)
-		avail = QCOW_MAX_SNAPSHOT_TABLE;
-	tab = malloc(avail ? avail : 1);
-	img->snap.list = calloc(n, sizeof(*img->snap.list));
-	if (!tab || !img->snap.list) {
-		free(tab);
-		return -ENOMEM;
-	}
-	ret = io_pread_full(img->file, tab, avail, off);
-	for (uint32_t i = 0; ret == 0 && i < n; i++) {
-		struct uq_snapshot_raw s;
-		struct uq_snap *d = &img->snap.list[i];
-
-		ret = uq_snapshot_decode(&img->g, tab + pos, avail - pos,
-					 img->file_size, &s);
-		if (ret < 0) {
-			char msg[512];
-
-			snprintf(msg, sizeof(msg), "%s", uq_errmsg());
-			ret = uq_seterr(ret, "snapshot table: entry %u: %s%s", i, msg,
-					avail == QCOW_MAX_SNAPSHOT_TABLE ?
-					" (table limit is 64 MiB)" : "");
-			break;
-		}
-		d->raw = s;
-		d->raw.id = d->raw.name = NULL;
-		d->id = strndup((const char *)s.id, s.id_len);
-		d->name = strndup((const char *)s.name, s.name_len);
-		if (!d->id || !d->name)
-			ret = -ENOMEM;
-		img->snap.n = i + 1;
-		pos += s.entry_len;
-	}
-	free(tab);
-	return ret;
-}
-
 static uint64_t default_cache_bytes(const uq_image *img)
 {
 	uint64_t clusters = (img->size + img->g.cluster_size - 1) >> img->g.cluster_bits;
@@ -290,7 +241,7 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 	ret = load_l1(img);
 	if (ret < 0)
 		return ret;
-	ret = load_snapshots(img);
+	ret = uq_snaps_load(img);
 	if (ret < 0)
 		return ret;
 	ret = open_data_file(img, a);
@@ -469,18 +420,14 @@ int uq_close(uq_image *img)
 		while (io_pending(img->ctx->q) && io_reap(img->ctx->q, 1) > 0)
 			;
 	uq_rc_release(img);
-	free(img->meta.slots);
+	uq_meta_release(img);
 	uq_close(img->backing);
 	l2c_destroy(img->l2c);
 	if (img->data && img->data != img->file)
 		io_file_close(img->data);
 	if (img->file)
 		io_file_close(img->file);
-	for (uint32_t i = 0; i < img->snap.n; i++) {
-		free(img->snap.list[i].id);
-		free(img->snap.list[i].name);
-	}
-	free(img->snap.list);
+	uq_snaps_release(img);
 	free(img->l1);
 	free(img->exts);
 	free(img->backing_name);

@@ -163,7 +163,7 @@ int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 /* create.c */
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);
 
-/* snaptable.c */
+/* snapshot.c: the snapshot table, loaded on open */
 int uq_snaps_load(uq_image *img);
 void uq_snaps_release(uq_image *img);
 

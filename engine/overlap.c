@@ -76,6 +76,12 @@ static bool has_one(const uq_image *img, uint64_t c)
 	return false;
 }
 
+void uq_meta_release(uq_image *img)
+{
+	free(img->meta.slots);
+	img->meta = (struct uq_metaset){ 0 };
+}
+
 int uq_meta_add(uq_image *img, uint64_t host_off, uint64_t bytes)
 {
 	uint64_t cb = img->g.cluster_bits;

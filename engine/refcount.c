@@ -355,16 +355,7 @@ int uq_rc_apply_frees(uq_image *img)
 
 static int write_table(uq_image *img, uint64_t off, const uint64_t *t, uint64_t n)
 {
-	uint8_t *raw = malloc(n * 8);
-	int ret;
-
-	if (!raw)
-		return -ENOMEM;
-	for (uint64_t i = 0; i < n; i++)
-		uq_put_be64(raw + i * 8, t[i]);
-	ret = io_pwrite_full(img->file, raw, n * 8, off);
-	free(raw);
-	return ret;
+	return uq_write_table64(img->file, off, t, n, n * 8);
 }
 
 int uq_rc_write_dirty(uq_image *img)
@@ -396,7 +387,7 @@ int uq_rc_write_dirty(uq_image *img)
 static int switch_table(uq_image *img, uint64_t off, uint32_t clusters, uint32_t order)
 {
 	struct uq_header h = img->h;
-	size_t end = h.version >= 3 ? 100 : 60;
+	size_t end = h.version >= 3 ? QCOW_HDR_HEADER_LENGTH : QCOW_HDR_NB_SNAPSHOTS;
 	size_t blen = h.header_length > QCOW_V3_HEADER_LEN_CT ? h.header_length
 							      : QCOW_V3_HEADER_LEN_CT;
 	uint8_t *buf = malloc(blen);
@@ -527,7 +518,7 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 	uint64_t max = uq_refcount_max(order);
 	uint64_t T = (img->alloc.host_end + c - 1) / c;
 	uint64_t tc = 1, nb = 0, n, end;
-	uint8_t *blk = NULL, *raw = NULL;
+	uint8_t *blk = NULL;
 	uint64_t *table = NULL;
 	int ret = 0;
 
@@ -576,16 +567,8 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		table[i] = (T + tc + i) * c;
 		ret = io_pwrite_full(img->file, blk, c, table[i]);
 	}
-	if (ret == 0) {
-		raw = malloc(n * 8);
-		if (!raw)
-			ret = -ENOMEM;
-	}
-	if (ret == 0) {
-		for (uint64_t i = 0; i < n; i++)
-			uq_put_be64(raw + i * 8, table[i]);
-		ret = io_pwrite_full(img->file, raw, n * 8, T * c);
-	}
+	if (ret == 0)
+		ret = write_table(img, T * c, table, n);
 	if (ret == 0)
 		ret = switch_table(img, T * c, (uint32_t)tc, order);
 	if (ret < 0) {
@@ -617,7 +600,6 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		ret = uq_meta_add(img, T * c, (tc + nb) * c);
 out:
 	free(blk);
-	free(raw);
 	free(table);
 	return ret;
 }

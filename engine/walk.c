@@ -57,6 +57,26 @@ int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
 	return ret;
 }
 
+int uq_write_table64(struct io_file *f, uint64_t off, const uint64_t *t, uint64_t n,
+		     uint64_t bytes)
+{
+	uint8_t *raw;
+	int ret;
+
+	if (bytes < n * 8 || bytes > SIZE_MAX)
+		return -EINVAL;
+	if (!bytes)
+		return 0;
+	raw = calloc(1, (size_t)bytes);
+	if (!raw)
+		return -ENOMEM;
+	for (uint64_t i = 0; i < n; i++)
+		uq_put_be64(raw + i * 8, t[i]);
+	ret = io_pwrite_full(f, raw, (size_t)bytes, off);
+	free(raw);
+	return ret;
+}
+
 /* Tables in flight at once: 8 MiB of buffers, 2..64 tables. */
 #define READ_AHEAD_BYTES (8u << 20)
 #define READ_AHEAD_MAX 64u

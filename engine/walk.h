@@ -110,6 +110,11 @@ uint64_t uq_snaptable_bytes(const uq_image *img);
  * (L1 tables, refcount tables, bitmap tables). */
 int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out);
 
+/* Write n host-order entries big-endian at off, zero-padded to bytes
+ * (>= n * 8; a new table's tail must read as zeros). */
+int uq_write_table64(struct io_file *f, uint64_t off, const uint64_t *t, uint64_t n,
+		     uint64_t bytes);
+
 /* Reads a list of tables (one cluster each) through the image's queue,
  * several in flight, and hands them out in list order. */
 struct uq_tslot;

@@ -11,6 +11,7 @@
 #include "header.h"
 #include "internal.h"
 #include "request.h"
+#include "walk.h"
 
 static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
 
@@ -26,17 +27,8 @@ static int write_l2(void *arg, uint64_t off, const uint8_t *tab)
 
 static int write_l1(uq_image *img)
 {
-	size_t bytes = (size_t)img->h.l1_size * 8;
-	uint8_t *raw = malloc(bytes ? bytes : 1);
-	int ret;
-
-	if (!raw)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < img->h.l1_size; i++)
-		uq_put_be64(raw + (size_t)i * 8, img->l1[i]);
-	ret = io_pwrite_full(img->file, raw, bytes, img->h.l1_table_offset);
-	free(raw);
-	return ret;
+	return uq_write_table64(img->file, img->h.l1_table_offset, img->l1, img->h.l1_size,
+				(uint64_t)img->h.l1_size * 8);
 }
 
 static bool rb_dirty(const uq_image *img)
