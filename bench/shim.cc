@@ -280,6 +280,7 @@ void add_context(enum bench_scale scale)
 	if (bench_create(path, 64 * M, 64 * K, 16, 3, UQ_PREALLOC_OFF, nullptr) < 0)
 		return;
 	if (bench_open(nullptr, path, false, false, 0, &img) == 0) {
+		info.struct_size = sizeof(info);
 		if (uq_get_info(img, &info) == 0)
 			benchmark::AddCustomContext("uqcow_backend", info.backend);
 		uq_close(img);

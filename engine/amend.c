@@ -21,7 +21,7 @@ static int need_writable(uq_image *img)
 	return 0;
 }
 
-int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
+int uq_amend_refcount_bits_impl(uq_image *img, uint32_t bits)
 {
 	uint64_t cs, n, *counts;
 	uint32_t order;
@@ -69,7 +69,7 @@ static int tail_is_free(uq_image *img, uint64_t from)
 {
 	while (from < img->size) {
 		struct uq_extent e;
-		int ret = uq_block_status(img, from, img->size - from, &e);
+		int ret = uq_block_status_impl(img, from, img->size - from, &e);
 
 		if (ret < 0)
 			return ret;
@@ -137,7 +137,7 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 	return ret ? ret : uq_meta_flush(img);
 }
 
-int uq_resize(uq_image *img, uint64_t size)
+int uq_resize_impl(uq_image *img, uint64_t size)
 {
 	uint64_t entries;
 	int ret;
@@ -190,7 +190,7 @@ int uq_resize(uq_image *img, uint64_t size)
 	if (ret == 0 && size > old && (old & (cs - 1))) {
 		if (tail_end > size)
 			tail_end = size;
-		ret = uq_write_zeroes(img, old, tail_end - old, 0);
+		ret = uq_write_zeroes_impl(img, old, tail_end - old, 0);
 	}
 	if (ret == 0 && img->data != img->file &&
 	    (img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* State shared by the check (checkmap.c: metadata map; check.c: walk and
- * compare) and its repairs and sequence (repair.c). */
+/* State shared by the check's files: checkmap.c (metadata map, messages),
+ * checkcount.c (references and compare), checkrepair.c (repairs) and
+ * check.c (the sequence, uq_check). */
 #ifndef UQ_CHECK_H
 #define UQ_CHECK_H
 
@@ -79,7 +80,7 @@ bool ck_rt_usable(const struct ck *ck, uint64_t raw, uint64_t *off);
 int ck_load(struct ck *ck, uint64_t *nl2_active);
 void ck_free(struct ck *ck);
 
-/* check.c */
+/* checkcount.c */
 int ck_ref(struct ck *ck, uint64_t off, uint64_t size);
 enum ck_ctype ck_classify(const struct uq_geom *g, uint64_t e);
 /* Real references to every cluster, in qemu's order. */
@@ -91,7 +92,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest);
 int ck_stored(struct ck *ck, uint64_t cluster, uint64_t *val);
 void ck_report_overlaps(struct ck *ck);
 
-/* repair.c */
+/* checkrepair.c */
 int ck_sync(struct ck *ck);
 int ck_write_state(struct ck *ck);
 int ck_fix_refcount(struct ck *ck, uint64_t cluster, uint64_t stored, uint64_t want);

@@ -89,7 +89,7 @@ static int probe_backing(const char *path, struct uq_create_opts *o, char *fmt, 
 		return -ENOMEM;
 	if (o->backing_format)
 		oo.format = strcmp(o->backing_format, "raw") ? UQ_FMT_QCOW2 : UQ_FMT_RAW;
-	ret = uq_open(full, &oo, &b);
+	ret = uq_open_impl(full, &oo, &b);
 	free(full);
 	if (ret < 0) {
 		if (o->size && o->backing_format) {
@@ -98,11 +98,11 @@ static int probe_backing(const char *path, struct uq_create_opts *o, char *fmt, 
 		}
 		return uq_seterr(ret, "backing file: %s", uq_errmsg());
 	}
-	uq_get_info(b, &info);
+	uq_get_info_impl(b, &info);
 	snprintf(fmt, fmtlen, "%s", info.format == UQ_FMT_QCOW2 ? "qcow2" : "raw");
 	if (!o->size)
 		o->size = info.virtual_size;
-	uq_close(b);
+	uq_close_impl(b);
 	return 0;
 }
 
@@ -269,7 +269,7 @@ static int create_data_file(const char *path, const struct uq_create_opts *o)
 	return ret;
 }
 
-int uq_create(const char *path, const struct uq_create_opts *opts)
+int uq_create_impl(const char *path, const struct uq_create_opts *opts)
 {
 	struct uq_create_opts o = { 0 };
 	char bfmt[32] = "";
@@ -296,10 +296,10 @@ int uq_create(const char *path, const struct uq_create_opts *opts)
 					   .backend = o.backend };
 		uq_image *img;
 
-		ret = uq_open(path, &oo, &img);
+		ret = uq_open_impl(path, &oo, &img);
 		if (ret == 0) {
 			ret = uq_preallocate(img, o.prealloc);
-			int r2 = uq_close(img);
+			int r2 = uq_close_impl(img);
 
 			ret = ret ? ret : r2;
 		}

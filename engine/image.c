@@ -358,11 +358,11 @@ fail:
 	/* the top image names itself; inner links already named theirs */
 	if (a->depth == 0 || strncmp(uq_errmsg(), "backing file: ", 14))
 		uq_errprefix(path);
-	uq_close(img);
+	uq_close_impl(img);
 	return ret;
 }
 
-int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out)
+int uq_open_impl(const char *path, const struct uq_open_opts *opts, uq_image **out)
 {
 	struct uq_open_opts o = { 0 };
 	struct uq_ctx *ctx;
@@ -402,7 +402,7 @@ int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out)
 	return 0;
 }
 
-int uq_close(uq_image *img)
+int uq_close_impl(uq_image *img)
 {
 	int ret = 0;
 
@@ -421,7 +421,7 @@ int uq_close(uq_image *img)
 			;
 	uq_rc_release(img);
 	uq_meta_release(img);
-	uq_close(img->backing);
+	uq_close_impl(img->backing);
 	l2c_destroy(img->l2c);
 	if (img->data && img->data != img->file)
 		io_file_close(img->data);
@@ -450,24 +450,7 @@ int uq_close(uq_image *img)
 	return ret;
 }
 
-void uq_stop_writes(uq_image *img, const char *reason)
-{
-	if (img->writable || !img->stop_reason)
-		img->stop_reason = reason;   /* the first reason is the real one */
-	img->writable = false;
-}
-
-uint64_t *uq_l1_replace(uq_image *img, uint64_t *l1, uint32_t size, uint64_t off)
-{
-	uint64_t *old = img->l1;
-
-	img->l1 = l1;
-	img->h.l1_size = size;
-	img->h.l1_table_offset = off;
-	return old;
-}
-
-uq_image *uq_backing(uq_image *img)
+uq_image *uq_backing_impl(uq_image *img)
 {
 	return img->backing;
 }
@@ -477,7 +460,7 @@ static void copy_str(char *dst, size_t cap, const char *src)
 	snprintf(dst, cap, "%s", src ? src : "");
 }
 
-int uq_get_info(uq_image *img, struct uq_info *out)
+int uq_get_info_impl(uq_image *img, struct uq_info *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->format = img->fmt;
@@ -512,7 +495,7 @@ int uq_get_info(uq_image *img, struct uq_info *out)
 	return 0;
 }
 
-int uq_snapshot_get(uq_image *img, uint32_t idx, struct uq_snapshot_info *out)
+int uq_snapshot_get_impl(uq_image *img, uint32_t idx, struct uq_snapshot_info *out)
 {
 	const struct uq_snap *s;
 

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "api.h"
 #include "format.h"
 #include "io.h"
 #include "l2cache.h"
@@ -114,7 +115,7 @@ static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
 	return off >> img->g.cluster_bits;
 }
 
-/* image.c */
+/* imgstate.c */
 /* Stop all further writes through img: a failed data or metadata write,
  * or metadata that can no longer be trusted. reason is static text that
  * later refusals quote. */
@@ -122,15 +123,26 @@ void uq_stop_writes(uq_image *img, const char *reason);
 /* Make l1 (malloc'd, host order, size entries at host offset off) the
  * active L1 table; returns the old one, which the caller frees. */
 uint64_t *uq_l1_replace(uq_image *img, uint64_t *l1, uint32_t size, uint64_t off);
+
+/* image.c */
 /* Directory part of path ("." if none), malloc'd. */
 char *uq_dirname(const char *path);
 
 /* read.c */
+/* A synchronous wait on one request: uq_sync_done is its callback. */
+struct uq_sync {
+	bool done;
+	ssize_t res;
+};
+void uq_sync_done(void *arg, ssize_t res);
 int uq_read_start(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len,
 		  uint64_t off, void (*done)(void *arg, ssize_t res), void *arg);
 int uq_ctx_poll(struct uq_ctx *ctx, unsigned min_complete);
 void uq_ctx_complete(struct uq_ctx *ctx, struct uq_done *d);
 
+/* Read guest content without delivering user completions (copy-on-write
+ * needs the old bytes while the caller is inside a submission). */
+int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 /* Synchronously look up the L2 entry covering guest offset off.
  * *m is the decoded mapping, or UQ_C_UNALLOC if no L2 table. */
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m);
@@ -156,9 +168,6 @@ int uq_write_close(uq_image *img);
 /* writeback.c */
 int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
 
-/* request.c */
-/* Read guest content without delivering user completions. */
-int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 
 /* create.c */
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);

@@ -107,7 +107,7 @@ static int unit_status(uq_image *img, uint64_t off, uint64_t len, struct uq_exte
 	}
 	if (b->size - off < run)
 		run = b->size - off;
-	ret = uq_block_status(b, off, run, e);
+	ret = uq_block_status_impl(b, off, run, e);
 	if (ret < 0)
 		return ret;
 	e->depth++;
@@ -123,7 +123,7 @@ static int same(const struct uq_extent *a, const struct uq_extent *b)
 	return !a->has_offset || a->offset + a->length == b->offset;
 }
 
-int uq_block_status(uq_image *img, uint64_t off, uint64_t len, struct uq_extent *ext)
+int uq_block_status_impl(uq_image *img, uint64_t off, uint64_t len, struct uq_extent *ext)
 {
 	struct uq_extent next;
 	uint64_t end;

@@ -451,7 +451,7 @@ static int user_read(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len, u
 	return ret;
 }
 
-int uq_aio_read(uq_image *img, void *buf, size_t len, uint64_t off,
+int uq_aio_read_impl(uq_image *img, void *buf, size_t len, uint64_t off,
 		uq_done_fn cb, void *arg)
 {
 	return user_read(img, img->ctx, buf, len, off, cb, arg);
@@ -497,33 +497,28 @@ int uq_ctx_poll(struct uq_ctx *ctx, unsigned min_complete)
 	return (int)n;
 }
 
-struct sync_wait {
-	bool done;
-	ssize_t res;
-};
-
-static void sync_done(void *arg, ssize_t res)
+void uq_sync_done(void *arg, ssize_t res)
 {
-	struct sync_wait *w = arg;
+	struct uq_sync *w = arg;
 
 	w->done = true;
 	w->res = res;
 }
 
-ssize_t uq_pread(uq_image *img, void *buf, size_t len, uint64_t off)
+ssize_t uq_pread_impl(uq_image *img, void *buf, size_t len, uint64_t off)
 {
 	size_t total = 0;
 
 	while (total < len) {
 		size_t chunk = len - total > MAX_REQUEST ? MAX_REQUEST : len - total;
-		struct sync_wait w = { 0 };
+		struct uq_sync w = { 0 };
 		int ret;
 
-		ret = uq_aio_read(img, (uint8_t *)buf + total, chunk, off + total, sync_done, &w);
+		ret = uq_aio_read_impl(img, (uint8_t *)buf + total, chunk, off + total, uq_sync_done, &w);
 		if (ret < 0)
 			return ret;
 		while (!w.done) {
-			ret = uq_poll(img, 1);
+			ret = uq_poll_impl(img, 1);
 			if (ret < 0)
 				return ret;
 			if (ret == 0 && !w.done)
@@ -538,7 +533,7 @@ ssize_t uq_pread(uq_image *img, void *buf, size_t len, uint64_t off)
 
 /* ---- synchronous lookups for map and check ---- */
 
-struct sync_waiter {
+struct uq_syncer {
 	struct l2_waiter w;
 	bool woken;
 	int err;
@@ -546,7 +541,7 @@ struct sync_waiter {
 
 static void sync_woken(struct l2_waiter *w, int err)
 {
-	struct sync_waiter *s = (struct sync_waiter *)w;
+	struct uq_syncer *s = (struct uq_syncer *)w;
 
 	s->woken = true;
 	s->err = err;
@@ -554,7 +549,7 @@ static void sync_woken(struct l2_waiter *w, int err)
 
 int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2])
 {
-	struct sync_waiter sw = { .w.wake = sync_woken };
+	struct uq_syncer sw = { .w.wake = sync_woken };
 	uint8_t *fill;
 	int ret;
 
@@ -607,7 +602,7 @@ struct uq_queue {
 	uq_image *img;
 };
 
-int uq_queue_create(uq_image *img, unsigned depth, uq_queue **out)
+int uq_queue_create_impl(uq_image *img, unsigned depth, uq_queue **out)
 {
 	const char *force = io_backend_name(img->ctx->q);
 	uq_queue *q = calloc(1, sizeof(*q));
@@ -631,7 +626,7 @@ int uq_queue_create(uq_image *img, unsigned depth, uq_queue **out)
 	return 0;
 }
 
-void uq_queue_destroy(uq_queue *q)
+void uq_queue_destroy_impl(uq_queue *q)
 {
 	if (!q)
 		return;
@@ -647,18 +642,34 @@ void uq_queue_destroy(uq_queue *q)
 	free(q);
 }
 
-int uq_queue_read(uq_queue *q, void *buf, size_t len, uint64_t off,
+int uq_queue_read_impl(uq_queue *q, void *buf, size_t len, uint64_t off,
 		  uq_done_fn cb, void *arg)
 {
 	return user_read(q->img, &q->ctx, buf, len, off, cb, arg);
 }
 
-int uq_queue_poll(uq_queue *q, unsigned min_complete)
+int uq_queue_poll_impl(uq_queue *q, unsigned min_complete)
 {
 	return uq_ctx_poll(&q->ctx, min_complete);
 }
 
-int uq_poll(uq_image *img, unsigned min_complete)
+int uq_poll_impl(uq_image *img, unsigned min_complete)
 {
 	return uq_ctx_poll(img->ctx, min_complete);
+}
+
+/* Read guest content without delivering user completions: copy-on-write
+ * needs the old bytes while the caller is inside a submission. */
+int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off)
+{
+	struct uq_sync f = { 0 };
+	int ret = uq_read_start(img, img->ctx, buf, len, off, uq_sync_done, &f);
+
+	while (ret == 0 && !f.done) {
+		ret = io_reap(img->ctx->q, 1);
+		if (ret == 0 && !f.done)
+			return uq_seterr(-EIO, "%s: read stalled", img->path);
+		ret = ret < 0 ? ret : 0;
+	}
+	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
 }

@@ -10,46 +10,9 @@
 
 static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
 
-void uq_wreq_put(struct wreq *wr)
-{
-	if (--wr->pending)
-		return;
-	wr->d->res = wr->err ? wr->err : (ssize_t)wr->len;
-	uq_ctx_complete(wr->img->ctx, wr->d);
-	free(wr);
-}
-
 
 enum wkind { W_DATA, W_ZERO, W_DISCARD };
 
-struct sync_flag {
-	bool done;
-	ssize_t res;
-};
-
-static void flag_done(void *arg, ssize_t res)
-{
-	struct sync_flag *f = arg;
-
-	f->done = true;
-	f->res = res;
-}
-
-/* Read guest content without delivering user completions: copy-on-write
- * needs the old bytes while the caller is inside a submission. */
-int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off)
-{
-	struct sync_flag f = { 0 };
-	int ret = uq_read_start(img, img->ctx, buf, len, off, flag_done, &f);
-
-	while (ret == 0 && !f.done) {
-		ret = io_reap(img->ctx->q, 1);
-		if (ret == 0 && !f.done)
-			return uq_seterr(-EIO, "%s: read stalled", img->path);
-		ret = ret < 0 ? ret : 0;
-	}
-	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
-}
 
 static int check_writable(uq_image *img, uint64_t off, uint64_t len)
 {
@@ -126,27 +89,27 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 	return 0;
 }
 
-int uq_aio_write(uq_image *img, const void *buf, size_t len, uint64_t off,
+int uq_aio_write_impl(uq_image *img, const void *buf, size_t len, uint64_t off,
 		 unsigned flags, uq_done_fn cb, void *arg)
 {
 	return submit(img, W_DATA, buf, len, off, flags, cb, arg);
 }
 
-int uq_aio_write_zeroes(uq_image *img, uint64_t off, uint64_t len, unsigned flags,
+int uq_aio_write_zeroes_impl(uq_image *img, uint64_t off, uint64_t len, unsigned flags,
 			uq_done_fn cb, void *arg)
 {
 	return submit(img, W_ZERO, NULL, len, off, flags, cb, arg);
 }
 
-int uq_aio_discard(uq_image *img, uint64_t off, uint64_t len, uq_done_fn cb, void *arg)
+int uq_aio_discard_impl(uq_image *img, uint64_t off, uint64_t len, uq_done_fn cb, void *arg)
 {
 	return submit(img, W_DISCARD, NULL, len, off, 0, cb, arg);
 }
 
-static int wait_flag(uq_image *img, struct sync_flag *f)
+static int wait_flag(uq_image *img, struct uq_sync *f)
 {
 	while (!f->done) {
-		int ret = uq_poll(img, 1);
+		int ret = uq_poll_impl(img, 1);
 
 		if (ret < 0)
 			return ret;
@@ -156,30 +119,30 @@ static int wait_flag(uq_image *img, struct sync_flag *f)
 	return 0;
 }
 
-ssize_t uq_pwrite(uq_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
+ssize_t uq_pwrite_impl(uq_image *img, const void *buf, size_t len, uint64_t off, unsigned flags)
 {
-	struct sync_flag f = { 0 };
-	int ret = uq_aio_write(img, buf, len, off, flags, flag_done, &f);
+	struct uq_sync f = { 0 };
+	int ret = uq_aio_write_impl(img, buf, len, off, flags, uq_sync_done, &f);
 
 	if (ret == 0)
 		ret = wait_flag(img, &f);
 	return ret < 0 ? ret : f.res;
 }
 
-int uq_write_zeroes(uq_image *img, uint64_t off, uint64_t len, unsigned flags)
+int uq_write_zeroes_impl(uq_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
-	struct sync_flag f = { 0 };
-	int ret = uq_aio_write_zeroes(img, off, len, flags, flag_done, &f);
+	struct uq_sync f = { 0 };
+	int ret = uq_aio_write_zeroes_impl(img, off, len, flags, uq_sync_done, &f);
 
 	if (ret == 0)
 		ret = wait_flag(img, &f);
 	return ret < 0 ? ret : f.res < 0 ? (int)f.res : 0;
 }
 
-int uq_discard(uq_image *img, uint64_t off, uint64_t len)
+int uq_discard_impl(uq_image *img, uint64_t off, uint64_t len)
 {
-	struct sync_flag f = { 0 };
-	int ret = uq_aio_discard(img, off, len, flag_done, &f);
+	struct uq_sync f = { 0 };
+	int ret = uq_aio_discard_impl(img, off, len, uq_sync_done, &f);
 
 	if (ret == 0)
 		ret = wait_flag(img, &f);

@@ -554,25 +554,25 @@ static int explain(uq_image *img, int ret, const char *what)
 	return ret;
 }
 
-int uq_snapshot_create(uq_image *img, const char *name)
+int uq_snapshot_create_impl(uq_image *img, const char *name)
 {
 	uq_errclear();
 	return explain(img, snapshot_create(img, name), "snapshot create");
 }
 
-int uq_snapshot_apply(uq_image *img, const char *name_or_id)
+int uq_snapshot_apply_impl(uq_image *img, const char *name_or_id)
 {
 	uq_errclear();
 	return explain(img, snapshot_apply(img, name_or_id), "snapshot apply");
 }
 
-int uq_snapshot_delete(uq_image *img, const char *name_or_id)
+int uq_snapshot_delete_impl(uq_image *img, const char *name_or_id)
 {
 	uq_errclear();
 	return explain(img, snapshot_delete(img, name_or_id), "snapshot delete");
 }
 
-int uq_snapshot_view(uq_image *img, const char *name_or_id)
+int uq_snapshot_view_impl(uq_image *img, const char *name_or_id)
 {
 	struct uq_snapshot_raw sn;
 	uint64_t *l1, size, need;

@@ -345,3 +345,12 @@ int uq_write_piece(struct wreq *wr, const uint8_t *buf, uint64_t off, size_t len
 	return wr->img->g.extended_l2 ? write_subclusters(wr, buf, off, len)
 				      : write_cluster(wr, buf, off, len);
 }
+
+void uq_wreq_put(struct wreq *wr)
+{
+	if (--wr->pending)
+		return;
+	wr->d->res = wr->err ? wr->err : (ssize_t)wr->len;
+	uq_ctx_complete(wr->img->ctx, wr->d);
+	free(wr);
+}

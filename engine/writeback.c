@@ -96,7 +96,7 @@ int uq_meta_flush(uq_image *img)
 	return 0;
 }
 
-int uq_flush(uq_image *img)
+int uq_flush_impl(uq_image *img)
 {
 	int ret;
 
@@ -114,7 +114,7 @@ int uq_flush(uq_image *img)
 	return ret;
 }
 
-int uq_aio_flush(uq_image *img, uq_done_fn cb, void *arg)
+int uq_aio_flush_impl(uq_image *img, uq_done_fn cb, void *arg)
 {
 	struct uq_done *d = calloc(1, sizeof(*d));
 
@@ -123,7 +123,7 @@ int uq_aio_flush(uq_image *img, uq_done_fn cb, void *arg)
 	d->cb = cb;
 	d->arg = arg;
 	d->ctx = img->ctx;
-	d->res = uq_flush(img);
+	d->res = uq_flush_impl(img);
 	uq_ctx_complete(img->ctx, d);
 	return 0;
 }

@@ -248,6 +248,7 @@ static bool marked_corrupt(struct sess *s)
 	struct uq_info info;
 
 	/* v2 has no corrupt bit: the refusal's message says it instead */
+	info.struct_size = sizeof(info);
 	return (uq_get_info(s->img, &info) == 0 && info.corrupt) ||
 	       strstr(uq_errmsg(), "is now marked corrupt") != NULL;
 }
@@ -408,6 +409,7 @@ static int snap_create(struct sess *s)
 		return ret;
 	/* the new entry is the table's last; its ID is unique there */
 	FUZZ_CHECK(s->img->snap.n > 0);
+	info.struct_size = sizeof(info);
 	FUZZ_CHECK(uq_snapshot_get(s->img, s->img->snap.n - 1, &info) == 0);
 	if (s->clean && strcmp(info.name, name))
 		die("a new snapshot is not the table's last entry", s, 0);
@@ -436,6 +438,7 @@ static int snap_apply_delete(struct sess *s, bool apply, uint8_t arg, bool *stop
 
 	if (!s->img->snap.n)
 		return 0;
+	info.struct_size = sizeof(info);
 	if (uq_snapshot_get(s->img, arg % s->img->snap.n, &info) < 0)
 		return 0;
 	for (k = 0; k < s->nsnaps && !mine; k++)
@@ -457,6 +460,7 @@ static int snap_apply_delete(struct sess *s, bool apply, uint8_t arg, bool *stop
 		}
 		return 0;
 	}
+	vi.struct_size = sizeof(vi);
 	FUZZ_CHECK(uq_get_info(s->img, &vi) == 0);
 	if (!mirror_resize(s, vi.virtual_size)) {
 		*stop = true;   /* a size the script can't mirror */
@@ -663,6 +667,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	trace = getenv("IMAGE_OPS_TRACE") != NULL;
 	if (open_rw(data, img_len, &s.img, &s.rec) < 0)
 		return 0;
+	info.struct_size = sizeof(info);
 	FUZZ_CHECK(uq_get_info(s.img, &info) == 0);
 	s.vsize = info.virtual_size;
 	s.cs = info.cluster_size;

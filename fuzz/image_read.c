@@ -69,6 +69,7 @@ static void check_info(uq_image *img, struct uq_info *info)
 {
 	struct uq_snapshot_info si;
 
+	info->struct_size = sizeof(*info);
 	FUZZ_CHECK(uq_get_info(img, info) == 0);
 	FUZZ_CHECK(info->format == UQ_FMT_QCOW2);
 	FUZZ_CHECK(info->version == 2 || info->version == 3);
@@ -85,11 +86,14 @@ static void check_info(uq_image *img, struct uq_info *info)
 	FUZZ_CHECK(info->backend != NULL);
 
 	for (uint32_t i = 0; i < info->nb_snapshots; i++) {
+		si.struct_size = sizeof(si);
 		FUZZ_CHECK(uq_snapshot_get(img, i, &si) == 0);
 		check_string(si.id, sizeof(si.id));
 		check_string(si.name, sizeof(si.name));
 	}
+	si.struct_size = sizeof(si);
 	FUZZ_CHECK(uq_snapshot_get(img, info->nb_snapshots, &si) == -ENOENT);
+	si.struct_size = sizeof(si);
 	FUZZ_CHECK(uq_snapshot_get(img, UINT32_MAX, &si) == -ENOENT);
 }
 
@@ -105,6 +109,7 @@ static unsigned walk_status(uq_image *img, uint64_t vsize, uint8_t *buf,
 
 	for (unsigned n = 0; off < vsize && n < MAX_EXTENTS; n++) {
 		memset(&e, 0, sizeof(e));
+		e.struct_size = sizeof(e);
 		if (uq_block_status(img, off, vsize - off, &e) < 0)
 			break;
 		FUZZ_CHECK(e.start == off);
@@ -333,6 +338,7 @@ static void view_snapshots(const uint8_t *data, size_t size, uint32_t nb)
 	for (uint32_t i = 0; i < nb && i < MAX_VIEWS; i++) {
 		if (open_mem(data, size, 0, &img) < 0)
 			return;
+		si.struct_size = sizeof(si);
 		if (uq_snapshot_get(img, i, &si) == 0 &&
 		    uq_snapshot_view(img, si.id) == 0) {
 			check_info(img, &info);

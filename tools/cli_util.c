@@ -522,6 +522,7 @@ int cli_get_info(uq_image *img, const char *path, struct uq_info **out)
 		cli_error("out of memory");
 		return -ENOMEM;
 	}
+	in->struct_size = sizeof(*in);
 	ret = uq_get_info(img, in);
 	if (ret < 0)
 		cli_error_uq(ret, path);

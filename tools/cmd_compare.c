@@ -32,6 +32,7 @@ static int side_status(struct side *s, uint64_t off, uint64_t end)
 
 	if (off >= s->st_start && off < s->st_end)
 		return 0;
+	s->st.struct_size = sizeof(s->st);
 	ret = uq_block_status(s->img, off, end - off, &s->st);
 	if (ret < 0) {
 		cli_error_uq(ret, s->name);

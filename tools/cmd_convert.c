@@ -59,6 +59,7 @@ static int status_at(struct conv *c, uint64_t off)
 
 	if (off >= c->st_start && off < c->st_end)
 		return 0;
+	e.struct_size = sizeof(e);
 	ret = uq_block_status(c->img, off, c->size - off, &e);
 	if (ret < 0) {
 		cli_error_uq(ret, c->src);

@@ -59,6 +59,7 @@ static int check_backing(const char *path, struct imgopts *io,
 			  *msg ? msg : strerror(-ret));
 		goto out;
 	}
+	in->struct_size = sizeof(*in);
 	ret = uq_get_info(b, in);
 	if (ret < 0)
 		cli_error_uq(ret, full);

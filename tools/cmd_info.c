@@ -111,7 +111,7 @@ static int print_human(uq_image *img, const struct uq_info *in)
 		printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG",
 		       "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
 		for (uint32_t i = 0; i < in->nb_snapshots; i++) {
-			struct uq_snapshot_info s;
+			struct uq_snapshot_info s = { .struct_size = sizeof(s) };
 			int ret = uq_snapshot_get(img, i, &s);
 
 			if (ret < 0) {
@@ -147,7 +147,7 @@ static int json_snapshots(struct cli_json *j, uq_image *img,
 {
 	cli_json_begin(j, "snapshots", '[');
 	for (uint32_t i = 0; i < in->nb_snapshots; i++) {
-		struct uq_snapshot_info s;
+		struct uq_snapshot_info s = { .struct_size = sizeof(s) };
 		int ret = uq_snapshot_get(img, i, &s);
 
 		if (ret < 0) {
@@ -274,6 +274,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	if (json && chain)
 		cli_json_begin(&j, NULL, '[');
 	for (cur = img; cur; cur = chain ? uq_backing(cur) : NULL) {
+		in->struct_size = sizeof(*in);
 		ret = uq_get_info(cur, in);
 		if (ret < 0) {
 			cli_error_uq(ret, argv[optind]);

@@ -290,7 +290,7 @@ static int do_map(struct io_ctx *x, int argc, char **argv)
 		char s1[64], s2[64];
 
 		while (off < x->size) {
-			struct uq_extent e;
+			struct uq_extent e = { .struct_size = sizeof(e) };
 			int ret = uq_block_status(x->img, off, x->size - off, &e);
 			int a;
 

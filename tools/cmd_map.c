@@ -60,6 +60,7 @@ static int chain_load(uq_image *img, struct chain *c)
 			break;
 		}
 		c->names = grown;
+		in->struct_size = sizeof(*in);
 		ret = uq_get_info(img, in);
 		if (ret < 0)
 			break;
@@ -160,6 +161,7 @@ static int map_image(uq_image *img, const char *path, uint64_t start,
 		uint64_t len = end - off < (1ull << 30) ? end - off : 1ull << 30;
 
 		memset(&next, 0, sizeof(next));
+		next.e.struct_size = sizeof(next.e);
 		ret = uq_block_status(img, off, len, &next.e);
 		if (ret < 0) {
 			cli_error_uq(ret, path);

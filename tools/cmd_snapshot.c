@@ -41,8 +41,7 @@ static int list(uq_image *img, const char *path)
 		printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG",
 		       "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
 	for (uint32_t i = 0; ret == 0 && i < in->nb_snapshots; i++) {
-		struct uq_snapshot_info s;
-
+		struct uq_snapshot_info s = { .struct_size = sizeof(s) };
 		ret = uq_snapshot_get(img, i, &s);
 		if (ret < 0)
 			cli_error_uq(ret, path);
@@ -84,8 +83,7 @@ int cli_snapshot_select(uq_image *img, const char *param)
 		}
 	}
 	for (i = 0; ret == 0; i++) {
-		struct uq_snapshot_info s;
-
+		struct uq_snapshot_info s = { .struct_size = sizeof(s) };
 		if (uq_snapshot_get(img, i, &s) < 0) {
 			cli_error("Failed to load snapshot: no snapshot with%s%s%s%s%s",
 				  id ? " ID " : "", id ? id : "", id && name ? " and" : "",

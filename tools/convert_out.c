@@ -128,6 +128,7 @@ static int qcow2_create(struct conv *c)
 		cli_error("out of memory");
 		return -ENOMEM;
 	}
+	in->struct_size = sizeof(*in);
 	ret = uq_get_info(c->out_img, in);
 	if (ret < 0) {
 		cli_error_uq(ret, c->dst);

@@ -47,7 +47,10 @@ struct uq_open_opts {
 };
 
 /* Message describing the last failure of a uq_ call on this thread,
- * "" if none. Names the file, the field and the reason where it can. */
+ * "" if none. Every call clears it first, so it never describes an older
+ * call. Structs passed in or filled in carry struct_size, set by the
+ * caller to sizeof the struct it was built with. The message names the
+ * file, the field and the reason where it can. */
 const char *uq_errmsg(void);
 
 int uq_open(const char *path, const struct uq_open_opts *opts, uq_image **out);
@@ -56,6 +59,7 @@ int uq_close(uq_image *img);
 /* ---- inspection ---- */
 
 struct uq_info {
+	size_t struct_size;        /* sizeof(the struct): set it before the call */
 	enum uq_format format;
 	uint32_t version;          /* 2 or 3; 0 for raw */
 	uint64_t virtual_size;
@@ -88,6 +92,7 @@ int uq_get_info(uq_image *img, struct uq_info *out);
 uq_image *uq_backing(uq_image *img);
 
 struct uq_snapshot_info {
+	size_t struct_size;        /* sizeof(the struct): set it before the call */
 	char id[128];
 	char name[1024];
 	uint64_t vm_state_size;
@@ -104,6 +109,7 @@ int uq_snapshot_get(uq_image *img, uint32_t idx, struct uq_snapshot_info *out);
 /* Allocation status of [off, off+len), as qemu-img map reports it: the
  * longest run from off (at most len bytes) whose status is uniform. */
 struct uq_extent {
+	size_t struct_size;        /* sizeof(the struct): set it before the call */
 	uint64_t start;
 	uint64_t length;
 	int depth;        /* image of the chain that supplies it: 0 = this one */

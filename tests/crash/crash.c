@@ -519,6 +519,7 @@ int g_resize(struct run *R, uint64_t size)
 	g->start = x.start;
 	g->resize = true;
 	g->new_size = size;
+	info.struct_size = sizeof(info);
 	if (uq_get_info(R->img, &info) < 0 || resize_model(R, info.virtual_size) < 0)
 		exit(1);
 	if (ret == 0 && info.virtual_size != size)
@@ -580,6 +581,7 @@ static void check_unchanged(struct run *R, const char *what)
 	struct uq_info info;
 	uint64_t bad;
 
+	info.struct_size = sizeof(info);
 	if (!buf || uq_get_info(R->img, &info) < 0)
 		exit(1);
 	if (info.virtual_size != R->size)
@@ -936,8 +938,7 @@ static bool sector_ok(const struct run *R, const struct snap *S, size_t glo, siz
 static void explain_sector(const struct run *R, uq_image *img, uint64_t s, const uint8_t *got)
 {
 	uint64_t pos = s * SECTOR, cs = img->g.cluster_size;
-	struct uq_extent e;
-
+	struct uq_extent e = { .struct_size = sizeof(e) };
 	if (uq_block_status(img, pos, SECTOR, &e) == 0)
 		fprintf(stderr, "    sector 0x%llx: present=%d zero=%d data=%d compressed=%d "
 			"host=0x%llx\n", (unsigned long long)pos, e.present, e.zero, e.data,
@@ -984,6 +985,7 @@ static void check_data(struct run *R, uq_image *img, size_t level, size_t glo, s
 	bool size_ok;
 	uint8_t *buf;
 
+	info.struct_size = sizeof(info);
 	if (uq_get_info(img, &info) < 0)
 		exit(1);
 	vs = info.virtual_size;
@@ -1142,6 +1144,7 @@ static void check_snapshots(struct run *R, const struct io_fault_image *st, bool
 		struct uq_snapshot_info info;
 		size_t k = R->nms;
 
+		info.struct_size = sizeof(info);
 		if (uq_snapshot_get(img, i, &info) < 0) {
 			fail(R, "%s: snapshot %u: %s", label, i, uq_errmsg());
 			continue;

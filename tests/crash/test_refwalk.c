@@ -375,6 +375,7 @@ static void planted_in_file(void)
 		CHECK(uq_open(path, &o, &img) == 0);
 		/* the first guest cluster with data of its own */
 		for (uint64_t off = 0;; off += 512) {
+			e.struct_size = sizeof(e);
 			CHECK(uq_block_status(img, off, 512, &e) == 0 && off < 96 * 512);
 			if (e.data && e.has_offset && !e.compressed)
 				break;
