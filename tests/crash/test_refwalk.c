@@ -17,16 +17,6 @@ static const uint32_t widths[] = { 1, 2, 4, 8, 16, 32, 64 };
 #define NWIDTHS (sizeof(widths) / sizeof(widths[0]))
 
 static char dir[64];
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t xrand(void)
-{
-	rng ^= rng << 13;
-	rng ^= rng >> 7;
-	rng ^= rng << 17;
-	return rng;
-}
-
 static uint64_t be64(const uint8_t *p)
 {
 	uint64_t v = 0;
@@ -175,13 +165,13 @@ static void make_image(const char *path, const struct kind *k)
 	CHECK(uq_open(path, &o, &img) == 0);
 	for (int round = 0; round < 3; round++) {
 		for (int i = 0; i < 24; i++) {
-			uint64_t c = xrand() % 90, r = xrand() % 8;
+			uint64_t c = test_rand() % 90, r = test_rand() % 8;
 
-			memset(buf, (int)(xrand() | 1), 4 * k->cs);
+			memset(buf, (int)(test_rand() | 1), 4 * k->cs);
 			if (r < 3) {
-				uint64_t off = c * k->cs + xrand() % k->cs / 512 * 512;
+				uint64_t off = c * k->cs + test_rand() % k->cs / 512 * 512;
 
-				CHECK(uq_pwrite(img, buf, 1 + xrand() % (3 * k->cs), off, 0) >= 0);
+				CHECK(uq_pwrite(img, buf, 1 + test_rand() % (3 * k->cs), off, 0) >= 0);
 			} else if (r == 3 && k->version == 3 && !k->datafile) {
 				CHECK(uq_pwrite(img, buf, k->cs, c * k->cs, UQ_WRITE_COMPRESSED) ==
 				      (ssize_t)k->cs);
@@ -445,10 +435,10 @@ static void planted_in_rebuild(void)
 
 	CHECK(run_start(&R, "refwalk", &c) == 0);
 	for (int i = 0; i < 12; i++)
-		g_write(&R, xrand() % 120 * 512, 512 * (1 + xrand() % 4), 0);
+		g_write(&R, test_rand() % 120 * 512, 512 * (1 + test_rand() % 4), 0);
 	g_snapshot(&R, 'c', "s");
 	for (int i = 0; i < 12; i++)
-		g_write(&R, xrand() % 120 * 512, 512 * (1 + xrand() % 4), 0);
+		g_write(&R, test_rand() % 120 * 512, 512 * (1 + test_rand() % 4), 0);
 	g_flush(&R);
 	CHECK(R.failures == 0);
 	last_state(&R, &st);
@@ -535,7 +525,7 @@ static void garbled(void)
 	copy = malloc(len);
 	CHECK(copy);
 	/* cut short anywhere */
-	for (uint64_t l = 0; l <= len; l += 1 + xrand() % 700, n++) {
+	for (uint64_t l = 0; l <= len; l += 1 + test_rand() % 700, n++) {
 		memcpy(copy, file, l);
 		if (refwalk(copy, l, &res) == 0)
 			refwalk_free(&res);
@@ -544,9 +534,9 @@ static void garbled(void)
 	for (int i = 0; i < 3000; i++, n++) {
 		memcpy(copy, file, len);
 		for (int j = 0; j < 1 + i % 8; j++) {
-			uint64_t at = i % 2 ? xrand() % (len < 16384 ? len : 16384) : xrand() % len;
+			uint64_t at = i % 2 ? test_rand() % (len < 16384 ? len : 16384) : test_rand() % len;
 
-			copy[at] = (uint8_t)xrand();
+			copy[at] = (uint8_t)test_rand();
 		}
 		if (refwalk(copy, len, &res) == 0)
 			refwalk_free(&res);

@@ -42,7 +42,7 @@ MiB = 1 << 20
 
 # Cases where uqcow differs from qemu-img 7.2 on purpose.
 DIVERGE = {
-    # uqcow's header decoder refuses these (DESIGN.md: a hostile header is
+    # uqcow's header decoder refuses these (docs/ARCHITECTURE.md: a hostile header is
     # refused with exit 1); qemu-img reads on and repairs them
     'zero_reftable_size': 'open refused',
     'zero_reftable_offset': 'open refused',

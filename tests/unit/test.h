@@ -4,6 +4,7 @@
 #ifndef UQ_TEST_H
 #define UQ_TEST_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,6 +22,17 @@ static inline _Noreturn void test_failed(const char *file, int line, const char 
 		*test_where ? " [" : "", test_where, *test_where ? "]" : "", cond,
 		*msg ? " (last engine message: " : "", msg, *msg ? ")" : "");
 	exit(1);
+}
+
+/* xorshift64: the same sequence on every run, per program. */
+static uint64_t test_rng = 0x9e3779b97f4a7c15ull;
+
+static inline uint64_t test_rand(void)
+{
+	test_rng ^= test_rng << 13;
+	test_rng ^= test_rng >> 7;
+	test_rng ^= test_rng << 17;
+	return test_rng;
 }
 
 /* Stops at the first failure: what follows a failed check may depend on it. */

@@ -23,16 +23,6 @@
 #define CHECK_OK(call) CHECK((call) >= 0)
 
 /* Deterministic xorshift so failures reproduce. */
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rnd(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
 static uint8_t buf[2u << 20];   /* one cluster of the largest size */
 
 #define BIG_FILE (1ull << 40)
@@ -576,15 +566,15 @@ static void test_random_headers(void)
 
 	for (i = 0; i < 20000; i++) {
 		size_t len = 4096;
-		uint64_t fsize = rnd() % 2 ? BIG_FILE : rnd();
+		uint64_t fsize = test_rand() % 2 ? BIG_FILE : test_rand();
 		uint8_t *copy;
 
 		base_v3();
 		add_ext(112, QCOW_EXT_FEATURES, buf + 200, 48);
-		for (k = 0; k < 1 + (int)(rnd() % 4); k++)
-			buf[rnd() % 200] = (uint8_t)rnd();
-		if (rnd() % 8 == 0)
-			len = rnd() % 4096;
+		for (k = 0; k < 1 + (int)(test_rand() % 4); k++)
+			buf[test_rand() % 200] = (uint8_t)test_rand();
+		if (test_rand() % 8 == 0)
+			len = test_rand() % 4096;
 		copy = malloc(len ? len : 1);
 		if (!copy)
 			abort();
@@ -721,8 +711,8 @@ static void test_l2_compressed(void)
 		maxoff = g.coffset_mask < QCOW_MAX_HOST_OFFSET - 1 ?
 			 g.coffset_mask : QCOW_MAX_HOST_OFFSET - 1;
 		for (i = 0; i < 64; i++) {
-			uint64_t off = rnd() & maxoff;
-			uint64_t len = 1 + rnd() % csize;
+			uint64_t off = test_rand() & maxoff;
+			uint64_t len = 1 + test_rand() % csize;
 			uint64_t sectors = ((off & 511) + len + 511) / 512;
 
 			if (i == 0)
@@ -895,7 +885,7 @@ static void test_refcounts(void)
 		uint64_t max = uq_refcount_max(order);
 
 		for (i = 0; i < BLK; i++)
-			a[i] = (uint8_t)rnd();
+			a[i] = (uint8_t)test_rand();
 		for (i = 0; i < n; i++)
 			if (uq_refcount_get(a, order, i) !=
 			    naive_get(a, order, i)) {
@@ -904,9 +894,9 @@ static void test_refcounts(void)
 			}
 		memcpy(b, a, BLK);
 		for (k = 0; k < 20000; k++) {
-			uint64_t v = rnd();
+			uint64_t v = test_rand();
 
-			i = rnd() % n;
+			i = test_rand() % n;
 			if (k % 3 == 0)
 				v = max;
 			else if (k % 3 == 1)
