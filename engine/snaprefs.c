@@ -225,41 +225,67 @@ static int fix_l2(uq_image *img, uint8_t *tab, bool *dirty)
 	return ret < 0 ? ret : 0;
 }
 
+struct fix {
+	bool l1_dirty;
+};
+
+static bool fix_want(struct uq_walk *w, uint32_t i, uint64_t raw)
+{
+	uint64_t l2;
+	bool copied;
+
+	(void)i;
+	return uq_l1_decode(&w->img->g, raw, &l2, &copied) == 0 && l2;
+}
+
+static int fix_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
+{
+	(void)w, (void)k, (void)off, (void)len;
+	return 0;
+}
+
+/* The L1 entry's own flag, from its table's refcount. */
+static int fix_l1_entry(struct uq_walk *w, uint32_t i, uint64_t raw)
+{
+	uq_image *img = w->img;
+	uint64_t l2 = raw & QCOW_L1E_OFFSET_MASK, nv;
+	bool want;
+	int ret = want_copied(img, l2, &want);
+
+	nv = want ? l2 | QCOW_OFLAG_COPIED : l2;
+	if (ret == 0 && nv != img->l1[i]) {
+		img->l1[i] = nv;
+		((struct fix *)w->arg)->l1_dirty = true;
+	}
+	return ret;
+}
+
+static int fix_l2_table(struct uq_walk *w, uint64_t l2, uint8_t *tab)
+{
+	uq_image *img = w->img;
+	bool dirty;
+	int ret = fix_l2(img, tab, &dirty);
+
+	if (ret == 0 && dirty) {
+		/* only flags change: a torn write leaves valid entries */
+		ret = io_pwrite_full(img->file, tab, cs(img), l2);
+		l2c_invalidate(img->l2c, l2);
+	}
+	return ret;
+}
+
 int uq_snap_fix_copied(uq_image *img)
 {
-	bool l1_dirty = false;
-	void *tab;
-	int ret = 0;
+	struct fix f = { 0 };
+	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA, .region = fix_region,
+			     .want_l2 = fix_want, .l1_entry = fix_l1_entry,
+			     .l2_table = fix_l2_table, .arg = &f };
+	int ret;
 
 	if (img->g.external_data)
 		return 0;
-	if (posix_memalign(&tab, img->align, cs(img)))
-		return -ENOMEM;
-	for (uint32_t i = 0; ret == 0 && i < img->h.l1_size; i++) {
-		uint64_t l2, nv;
-		bool copied, want, dirty;
-
-		ret = uq_l1_decode(&img->g, img->l1[i], &l2, &copied);
-		if (ret < 0 || !l2)
-			continue;
-		ret = want_copied(img, l2, &want);
-		nv = want ? l2 | QCOW_OFLAG_COPIED : l2;
-		if (ret == 0 && nv != img->l1[i]) {
-			img->l1[i] = nv;
-			l1_dirty = true;
-		}
-		if (ret == 0)
-			ret = io_pread_full(img->file, tab, cs(img), l2);
-		if (ret == 0)
-			ret = fix_l2(img, tab, &dirty);
-		if (ret == 0 && dirty) {
-			/* only flags change: a torn write leaves valid entries */
-			ret = io_pwrite_full(img->file, tab, cs(img), l2);
-			l2c_invalidate(img->l2c, l2);
-		}
-	}
-	free(tab);
-	if (ret == 0 && l1_dirty)
+	ret = uq_walk_l1(&w, img->h.l1_table_offset, img->h.l1_size, img->l1);
+	if (ret == 0 && f.l1_dirty)
 		ret = uq_write_table64(img->file, img->h.l1_table_offset, img->l1, img->h.l1_size,
 				       (uint64_t)img->h.l1_size * 8);
 	if (ret == 0)
