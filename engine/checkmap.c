@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-/* What the check knows before it counts (each cluster's use, bitmaps, the
- * refcount table), batched table reads, problem lines and progress. */
+/* What the check knows before it counts (each cluster's use, from the
+ * metadata walk; the refcount table), problem lines and progress. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-/* Opening and closing images: header and feature checks, L1 and snapshot
- * tables, the backing chain and the external data file. */
+/* Opening and closing images: header and feature checks, the L1 table,
+ * the backing chain and the external data file. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>

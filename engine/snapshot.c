@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-/* Internal snapshots: create, apply (revert to), delete, and read-only
- * views of a snapshot's disk. Ordered so that a crash only ever leaks. */
+/* Internal snapshots: the snapshot table (loaded on open, replaced whole),
+ * create, apply (revert to), delete, and read-only views of a snapshot's
+ * disk. Ordered so that a crash only ever leaks. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
