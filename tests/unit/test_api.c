@@ -43,7 +43,7 @@ int main(void)
 	CHECK(*uq_errmsg() == '\0');
 
 	/* ... or fails: then the message is its own */
-	CHECK(uq_open("/nonexistent/uqcow-image", &ro, &img) < 0 || (uq_close(img), 0));
+	CHECK(uq_close(img) == 0);
 	CHECK(uq_open(path, &ro, &img) == 0);
 	CHECK(uq_pwrite(img, buf, sizeof(buf), 0, 0) == -EROFS);
 	CHECK(strstr(uq_errmsg(), path) != NULL);
