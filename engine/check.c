@@ -26,12 +26,6 @@ static bool copied_want(struct uq_walk *w, uint32_t idx, uint64_t e)
 	return (e & QCOW_L1E_OFFSET_MASK) != 0;
 }
 
-static int copied_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
-{
-	(void)w, (void)k, (void)off, (void)len;
-	return 0;
-}
-
 static int copied_l1_entry(struct uq_walk *w, uint32_t idx, uint64_t e)
 {
 	struct copied *cp = w->arg;
@@ -123,7 +117,7 @@ static int check_copied(struct ck *ck, unsigned fix)
 			  ((fix & UQ_CHECK_REPAIR_LEAKS) && !res->check_errors &&
 			   !res->corruptions && !res->leaks),
 	};
-	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA, .region = copied_region,
+	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA,
 			     .want_l2 = copied_want, .l1_entry = copied_l1_entry,
 			     .l2_table = copied_l2_table, .bad = copied_bad, .arg = &cp };
 	int ret = uq_walk_l1(&w, img->h.l1_table_offset, img->h.l1_size, img->l1);

@@ -151,13 +151,6 @@ static int map_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t
 	return ck_mark(m->ck, off, len, k);
 }
 
-/* Unreadable or malformed structures: the counting walk reports them. */
-static int map_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
-{
-	(void)w, (void)k, (void)off, (void)err;
-	return 0;
-}
-
 /* What each cluster holds apart from guest data, before anything is
  * counted: repairs refuse to write where two uses meet. */
 static int meta_map(struct ck *ck, uint64_t *nl2_active, uint64_t *nl2_all)
@@ -165,7 +158,9 @@ static int meta_map(struct ck *ck, uint64_t *nl2_active, uint64_t *nl2_all)
 	struct map_arg m = { .ck = ck };
 	struct uq_walk w = { .img = ck->img, .what = UQ_WALK_SNAPSHOTS | UQ_WALK_REFCOUNTS |
 				UQ_WALK_BITMAPS, .reftable = ck->rt, .reftable_n = ck->rt_n,
-			     .region = map_region, .bad = map_bad, .arg = &m };
+			     .region = map_region,
+			     /* the counting walk reports what can't be read */
+			     .bad = uq_walk_skip_bad, .arg = &m };
 	int ret;
 
 	memset(ck->kind, 0, ck->cap);

@@ -128,29 +128,14 @@ static int build_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64
 	return uq_meta_add(w->img, off, len);
 }
 
-/* L1 entries that don't decode name no table worth protecting. */
-static bool build_want(struct uq_walk *w, uint32_t idx, uint64_t raw)
-{
-	uint64_t l2;
-	bool copied;
-
-	(void)idx;
-	return uq_l1_decode(&w->img->g, raw, &l2, &copied) == 0 && l2;
-}
-
-/* An unreadable snapshot L1 table protects only itself. */
-static int build_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
-{
-	(void)w, (void)k, (void)off, (void)err;
-	return 0;
-}
-
 int uq_meta_build(uq_image *img)
 {
 	struct uq_walk w = { .img = img, .what = UQ_WALK_SNAPSHOTS | UQ_WALK_REFCOUNTS |
 			     UQ_WALK_BITMAPS, .reftable = img->rc.table,
 			     .reftable_n = img->rc.entries, .region = build_region,
-			     .want_l2 = build_want, .bad = build_bad };
+			     .want_l2 = uq_walk_want_decoded,
+			     /* an unreadable snapshot L1 table protects only itself */
+			     .bad = uq_walk_skip_bad };
 
 	return uq_walk(&w);
 }

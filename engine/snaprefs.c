@@ -229,21 +229,6 @@ struct fix {
 	bool l1_dirty;
 };
 
-static bool fix_want(struct uq_walk *w, uint32_t i, uint64_t raw)
-{
-	uint64_t l2;
-	bool copied;
-
-	(void)i;
-	return uq_l1_decode(&w->img->g, raw, &l2, &copied) == 0 && l2;
-}
-
-static int fix_region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
-{
-	(void)w, (void)k, (void)off, (void)len;
-	return 0;
-}
-
 /* The L1 entry's own flag, from its table's refcount. */
 static int fix_l1_entry(struct uq_walk *w, uint32_t i, uint64_t raw)
 {
@@ -277,8 +262,8 @@ static int fix_l2_table(struct uq_walk *w, uint64_t l2, uint8_t *tab)
 int uq_snap_fix_copied(uq_image *img)
 {
 	struct fix f = { 0 };
-	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA, .region = fix_region,
-			     .want_l2 = fix_want, .l1_entry = fix_l1_entry,
+	struct uq_walk w = { .img = img, .what = UQ_WALK_DATA,
+			     .want_l2 = uq_walk_want_decoded, .l1_entry = fix_l1_entry,
 			     .l2_table = fix_l2_table, .arg = &f };
 	int ret;
 

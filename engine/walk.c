@@ -187,7 +187,7 @@ uint64_t uq_snaptable_bytes(const uq_image *img)
 
 static int region(struct uq_walk *w, enum uq_mkind k, uint64_t off, uint64_t len)
 {
-	return len ? w->region(w, k, off, len) : 0;
+	return len && w->region ? w->region(w, k, off, len) : 0;
 }
 
 static int bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
@@ -196,6 +196,21 @@ static int bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
 		return w->bad(w, k, off, err);
 	return uq_seterr(err, "%s: reading %s at 0x%llx failed: %s", w->img->path,
 			 uq_mkind_name(k), (unsigned long long)off, strerror(-err));
+}
+
+bool uq_walk_want_decoded(struct uq_walk *w, uint32_t idx, uint64_t raw)
+{
+	uint64_t l2;
+	bool copied;
+
+	(void)idx;
+	return uq_l1_decode(&w->img->g, raw, &l2, &copied) == 0 && l2;
+}
+
+int uq_walk_skip_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err)
+{
+	(void)w, (void)k, (void)off, (void)err;
+	return 0;
 }
 
 /* The data one L2 table's entries name. */

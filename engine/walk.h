@@ -43,8 +43,8 @@ const char *uq_mkind_name(enum uq_mkind k);
 
 /*
  * One walk. Callbacks return 0 to go on, < 0 to stop the walk with that
- * error, > 0 to stop it without one (uq_walk returns that value). Every
- * callback but region may be NULL.
+ * error, > 0 to stop it without one (uq_walk returns that value). Any
+ * callback may be NULL.
  *
  * Order (qemu-img check's, so the check's messages come out as qemu's):
  * header; active L1 table, then each of its L2 tables followed by their
@@ -90,6 +90,11 @@ struct uq_walk {
 };
 
 int uq_walk(struct uq_walk *w);
+
+/* Shared callbacks. want_l2: entries that decode and name a table.
+ * bad: go on past what can't be read (another pass reports it). */
+bool uq_walk_want_decoded(struct uq_walk *w, uint32_t idx, uint64_t raw);
+int uq_walk_skip_bad(struct uq_walk *w, enum uq_mkind k, uint64_t off, int err);
 
 /* The L2 tables (and with UQ_WALK_DATA their data) of one L1 table: mem
  * is the table in host order, or NULL to read it from l1_off. */
