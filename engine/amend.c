@@ -11,6 +11,7 @@
 #include "overlap.h"
 #include "recount.h"
 #include "walk.h"
+#include "stats.h"
 
 static int need_writable(uq_image *img)
 {
@@ -116,7 +117,7 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 		return -ENOMEM;
 	memcpy(l1, img->l1, old_bytes);
 	/* the table and its refcounts are durable before the header names it */
-	ret = uq_write_table64(img->file, off, l1, entries, (bytes + cs - 1) / cs * cs);
+	ret = uq_write_table64(img, UQ_MK_L1, off, l1, entries, (bytes + cs - 1) / cs * cs);
 	if (ret == 0)
 		ret = uq_meta_flush(img);
 	/* lazy refcounts too: the dirty bit is set only once an L2 change

@@ -301,3 +301,23 @@ int uq_check(uq_image *img, unsigned flags, struct uq_check_result *res)
 	ret = uq_check_impl(img, flags, res);
 	return finish(ret, img->path, "check");
 }
+
+int uq_get_stats(uq_image *img, struct uq_stats *out)
+{
+	struct uq_stats full = { .struct_size = sizeof(full) };
+	int ret;
+
+	uq_errclear();
+	if (!out || out->struct_size < sizeof(out->struct_size))
+		return uq_seterr(-EINVAL, "uq_get_stats: struct_size is not set");
+	ret = uq_get_stats_impl(img, &full);
+	if (ret == 0)
+		copy_out(out, &full, out->struct_size, sizeof(full));
+	return finish(ret, img->path, "stats");
+}
+
+int uq_reset_stats(uq_image *img)
+{
+	uq_errclear();
+	return finish(uq_reset_stats_impl(img), img->path, "reset stats");
+}

@@ -14,6 +14,8 @@
 
 int uq_open_impl(const char *path, const struct uq_open_opts *opts, uq_image **out);
 int uq_close_impl(uq_image *img);
+int uq_get_stats_impl(uq_image *img, struct uq_stats *out);
+int uq_reset_stats_impl(uq_image *img);
 int uq_get_info_impl(uq_image *img, struct uq_info *out);
 uq_image *uq_backing_impl(uq_image *img);
 int uq_snapshot_get_impl(uq_image *img, uint32_t idx, struct uq_snapshot_info *out);

@@ -11,6 +11,7 @@
 #include "check.h"
 #include "error.h"
 #include "walk.h"
+#include "stats.h"
 
 /* ---- counting ---- */
 
@@ -398,7 +399,7 @@ static int stored_from_disk(struct ck *ck, uint64_t c, uint64_t *val)
 			return -ENOMEM;
 		ck->far = blk;
 		ck->far_off = 0;
-		ret = io_pread_full(img->file, blk, (size_t)ck->cs, off);
+		ret = uq_meta_pread(img, UQ_MK_REFBLOCK, blk, (size_t)ck->cs, off);
 		if (ret < 0)
 			return ret;
 		ck->far_off = off;
@@ -475,7 +476,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 	for (uint64_t i = 0; i < nblocks && i < ck->rt_n; i++)
 		if (ck_rt_usable(ck, ck->rt[i], &offs[n]))
 			n++;
-	ret = uq_treader_init(&rd, img, offs, n);
+	ret = uq_treader_init(&rd, img, UQ_MK_REFBLOCK, offs, n);
 	for (uint64_t i = 0; ret == 0 && i < nblocks; i++) {
 		uint64_t first = i * per, end = first + per < ck->nb ? first + per : ck->nb;
 		uint64_t off = 0;

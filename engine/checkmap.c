@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "error.h"
+#include "stats.h"
 
 /* ---- messages, progress, batched table reads ---- */
 
@@ -121,7 +122,7 @@ static int load_reftable(struct ck *ck)
 	ck->rt_n = 0;
 	ck->far_off = 0;          /* blocks move in a rebuild */
 	/* the header decoder bounded the table to 8 MiB inside the file */
-	if (uq_read_table64(img->file, img->h.refcount_table_offset, n, &ck->rt) < 0) {
+	if (uq_read_table64(img, UQ_MK_REFTABLE, img->h.refcount_table_offset, n, &ck->rt) < 0) {
 		ck->res->check_errors++;
 		return uq_seterr(-EIO, "%s: reading the refcount table failed", img->path);
 	}

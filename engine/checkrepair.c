@@ -13,6 +13,7 @@
 #include "header.h"
 #include "overlap.h"
 #include "recount.h"
+#include "stats.h"
 
 /* A writable image keeps metadata in memory: put it on disk so the
  * check, which reads the disk, sees what the engine sees. */
@@ -102,7 +103,7 @@ int ck_write_l2_entry(struct ck *ck, uint64_t l2_off, uint64_t idx, const uint8_
 {
 	uq_image *img = ck->img;
 	size_t eb = img->g.l2_entry_bytes;
-	int ret = io_pwrite_full(img->file, entry, eb, l2_off + idx * eb);
+	int ret = uq_meta_pwrite(img, UQ_MK_L2, entry, eb, l2_off + idx * eb);
 
 	if (ret == 0)
 		ret = io_fsync(img->file);
@@ -123,7 +124,7 @@ int ck_write_l2(struct ck *ck, uint64_t l2_off, const uint8_t *tab)
 		       "it shares its cluster with other metadata");
 		return -EBUSY;
 	}
-	ret = io_pwrite_full(img->file, tab, (size_t)ck->cs, l2_off);
+	ret = uq_meta_pwrite(img, UQ_MK_L2, tab, (size_t)ck->cs, l2_off);
 	l2c_invalidate(img->l2c, l2_off);
 	return ret;
 }
@@ -141,7 +142,7 @@ int ck_write_l1_entry(struct ck *ck, uint32_t idx, uint64_t val)
 		return -EBUSY;
 	}
 	uq_put_be64(b, val);
-	ret = io_pwrite_full(img->file, b, 8, at);
+	ret = uq_meta_pwrite(img, UQ_MK_L1, b, 8, at);
 	if (ret == 0)
 		img->l1[idx] = val;
 	return ret;

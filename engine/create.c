@@ -9,6 +9,7 @@
 #include "error.h"
 #include "cluster.h"
 #include "internal.h"
+#include "stats.h"
 
 /* Names for the features this implementation knows, so that older tools
  * can say what they don't support. */
@@ -352,6 +353,7 @@ int uq_preallocate(uq_image *img, enum uq_prealloc mode)
 			for (uint64_t o = 0; ret == 0 && m.host_off && o < cs; o += sizeof(zeros)) {
 				size_t n = cs - o < sizeof(zeros) ? (size_t)(cs - o) : sizeof(zeros);
 
+				uq_count_data(img->ctx, true, n);
 				ret = io_pwrite_full(f, zeros, n, m.host_off + o);
 			}
 		}

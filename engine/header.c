@@ -6,10 +6,11 @@
 
 #include "error.h"
 #include "header.h"
+#include "stats.h"
 
 int uq_header_write_field(uq_image *img, size_t off, const void *p, size_t len)
 {
-	int ret = io_pwrite_full(img->file, p, len, off);
+	int ret = uq_meta_pwrite(img, UQ_MK_HEADER, p, len, off);
 
 	if (ret < 0)
 		uq_seterr(ret, "%s: writing the header failed: %s", img->path, strerror(-ret));

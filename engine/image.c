@@ -12,6 +12,7 @@
 #include "internal.h"
 #include "overlap.h"
 #include "walk.h"
+#include "stats.h"
 
 #define PROBE_BYTES (2u << 20) /* one maximal cluster holds header + extensions */
 
@@ -28,6 +29,22 @@ struct open_args {
 	int depth;
 	const struct chain_id *up;
 };
+
+
+/* Every file an image opens gets the accounting layer (uq_get_stats). */
+static int counted(struct io_file **f)
+{
+	struct io_file *outer;
+	int ret = io_count_wrap(*f, &outer);
+
+	if (ret < 0) {
+		io_file_close(*f);
+		*f = NULL;
+		return ret;
+	}
+	*f = outer;
+	return 0;
+}
 
 static int open_one(const char *path, enum uq_format fmt, const struct open_args *a,
 		    uq_image **out);
@@ -122,7 +139,7 @@ static int load_l1(uq_image *img)
 
 	if (!img->h.l1_size)
 		return 0;
-	ret = uq_read_table64(img->file, img->h.l1_table_offset, img->h.l1_size, &img->l1);
+	ret = uq_read_table64(img, UQ_MK_L1, img->h.l1_table_offset, img->h.l1_size, &img->l1);
 	if (ret < 0)
 		uq_seterr(ret, "l1 table: read failed: %s", strerror(-ret));
 	return ret;
@@ -147,7 +164,8 @@ static int open_backing(uq_image *img, const struct open_args *a)
 
 	if (!h->backing_file_offset)
 		return 0;
-	ret = io_pread_full(img->file, namebuf, h->backing_file_size, h->backing_file_offset);
+	ret = uq_meta_pread(img, UQ_MK_HEADER, namebuf, h->backing_file_size,
+			    h->backing_file_offset);
 	if (ret < 0)
 		return uq_seterr(ret, "backing file name: read failed");
 	ret = check_plain_path("backing file", (const char *)namebuf, h->backing_file_size);
@@ -210,6 +228,8 @@ static int open_data_file(uq_image *img, const struct open_args *a)
 		return uq_seterr(-ENOTSUP, "data file: external data files can't be "
 				 "opened from memory");
 	ret = io_file_open(img->data_file_path, ioflags, &img->data);
+	if (ret == 0)
+		ret = counted(&img->data);
 	if (ret < 0)
 		return uq_seterr(ret, "data file %s: %s", img->data_file_path, strerror(-ret));
 	return 0;
@@ -312,6 +332,8 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 		ret = io_file_open_mem(o->mem_data, o->mem_len, ioflags, &img->file);
 	else
 		ret = io_file_open(path, ioflags, &img->file);
+	if (ret == 0)
+		ret = counted(&img->file);
 	if (ret < 0) {
 		uq_seterr(ret, "%s", strerror(-ret));
 		goto fail;
@@ -329,7 +351,7 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 		ret = -ENOMEM;
 		goto fail;
 	}
-	ret = io_pread_full(img->file, head, headlen, 0);
+	ret = uq_meta_pread(img, UQ_MK_HEADER, head, headlen, 0);
 	if (ret < 0) {
 		uq_seterr(ret, "reading the header: %s", strerror(-ret));
 		goto fail;

@@ -4,6 +4,7 @@
 #ifndef UQ_INTERNAL_H
 #define UQ_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -31,6 +32,11 @@ struct uq_ctx {
 	struct io_queue *q;
 	struct uq_done *done_head, **done_tail;
 	uint64_t completed;      /* guest requests reported so far */
+	/* costs (stats.c): this ctx's counters; the image's ctx also lists
+	 * the queues made on it and the values uq_reset_stats started from */
+	_Atomic uint64_t cnt[UQ_STAT_COUNT];
+	struct uq_ctx *queues, *qnext;
+	uint64_t base[UQ_STAT_COUNT];
 };
 
 struct uq_snap {

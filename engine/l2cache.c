@@ -47,7 +47,8 @@ struct l2cache {
 	pthread_cond_t filled;      /* shared mode: a fill finished */
 	struct l2_waiter *starved, **starved_tail;
 	size_t ndirty;
-	uint64_t misses;
+	uint64_t misses;            /* under the mutex */
+	uint64_t evictions;         /* under the mutex */
 };
 
 static size_t bucket_of(const struct l2cache *c, uint64_t off)
@@ -251,6 +252,7 @@ static struct slot *victim_locked(struct l2cache *c)
 			continue;
 		}
 		drop_locked(c, s);
+		c->evictions++;
 		return s;
 	}
 	return NULL;
@@ -615,3 +617,13 @@ void l2c_invalidate(struct l2cache *c, uint64_t off)
 
 size_t l2c_slots(const struct l2cache *c) { return c->nslots; }
 uint64_t l2c_misses(const struct l2cache *c) { return c->misses; }
+
+uint64_t l2c_evictions(struct l2cache *c)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->evictions;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}

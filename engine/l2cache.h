@@ -81,5 +81,7 @@ void l2c_invalidate(struct l2cache *c, uint64_t off);
 
 size_t l2c_slots(const struct l2cache *c);
 uint64_t l2c_misses(const struct l2cache *c);
+/* Valid tables dropped to make room (a thread-safe read). */
+uint64_t l2c_evictions(struct l2cache *c);
 
 #endif

@@ -9,6 +9,7 @@
 #include "compress.h"
 #include "error.h"
 #include "internal.h"
+#include "stats.h"
 
 #define MAX_REQUEST (64u << 20)     /* bounds the piece array of one request */
 #define RAW_PIECE (1u << 20)        /* raw images are read in 1 MiB pieces */
@@ -104,6 +105,7 @@ static void read_data(struct piece *p, uint8_t *buf, size_t len, uint64_t host)
 	io->len = len;
 	io->off = host;
 	io->done = data_done;
+	uq_count_data(rq->ctx, false, len);
 	io_queue_req(rq->ctx->q, io);
 }
 
@@ -180,6 +182,7 @@ static void read_compressed(struct piece *p, const struct uq_l2map *m)
 				  .len = (size_t)m->comp_len, .off = m->comp_off,
 				  .done = compressed_done, .priv = op };
 	rq->pending++;
+	uq_count_data(rq->ctx, false, m->comp_len);
 	io_queue_req(rq->ctx->q, &op->io);
 }
 
@@ -337,7 +340,9 @@ static void piece_resolve(struct piece *p)
 		goto fail;
 	if (ret == L2C_WAIT)
 		return;
+	uq_count(p->rq->ctx, ret == L2C_FILL ? UQ_STAT_L2_MISSES : UQ_STAT_L2_HITS, 1);
 	if (ret == L2C_FILL) {
+		uq_count_meta(p->rq->ctx, UQ_MK_L2, false, img->g.cluster_size);
 		if (l2c_shared(img->l2c)) {
 			/* other threads may wait on this table: never make them
 			 * depend on our event loop */
@@ -445,6 +450,8 @@ static int user_read(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len, u
 	d->cb = cb;
 	d->arg = arg;
 	d->ctx = ctx;
+	uq_count(ctx, UQ_STAT_REQ_READ_OPS, 1);
+	uq_count(ctx, UQ_STAT_REQ_READ_BYTES, len);
 	ret = uq_read_start(img, ctx, buf, len, off, user_done, d);
 	if (ret < 0)
 		free(d);
@@ -557,11 +564,14 @@ int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2]
 		ret = l2c_get(img->l2c, l2_off, idx, l2_words(img), e, &sw.w, &fill);
 		if (ret < 0)
 			return ret;
-		if (ret == L2C_HIT)
+		if (ret == L2C_HIT) {
+			uq_count(img->ctx, UQ_STAT_L2_HITS, 1);
 			return 0;
+		}
 		sw.woken = false;
 		if (ret == L2C_FILL) {
-			ret = io_pread_full(img->file, fill, (size_t)img->g.cluster_size, l2_off);
+			uq_count(img->ctx, UQ_STAT_L2_MISSES, 1);
+			ret = uq_meta_pread(img, UQ_MK_L2, fill, (size_t)img->g.cluster_size, l2_off);
 			l2c_fill_done(img->l2c, l2_off, ret);
 			if (ret < 0)
 				return uq_seterr(ret, "%s: reading L2 table at 0x%llx failed",
@@ -618,6 +628,7 @@ int uq_queue_create_impl(uq_image *img, unsigned depth, uq_queue **out)
 	}
 	q->ctx.done_tail = &q->ctx.done_head;
 	q->img = img;
+	uq_stats_queue_add(img, &q->ctx);
 	/* from now on misses are filled synchronously, chain-wide */
 	for (uq_image *i = img; i; i = i->backing)
 		if (i->l2c)
@@ -639,6 +650,7 @@ void uq_queue_destroy_impl(uq_queue *q)
 		free(d);
 	}
 	io_queue_free(q->ctx.q);
+	uq_stats_queue_drop(q->img, &q->ctx);
 	free(q);
 }
 

@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "overlap.h"
 #include "walk.h"
+#include "stats.h"
 
 static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
 
@@ -53,7 +54,7 @@ int uq_rc_load(uq_image *img)
 	img->rc.table = calloc(n ? n : 1, 8);
 	if (!img->rc.table || resize_rb_arrays(img, n) < 0)
 		return -ENOMEM;
-	ret = uq_read_table64(img->file, img->h.refcount_table_offset, n, &raw);
+	ret = uq_read_table64(img, UQ_MK_REFTABLE, img->h.refcount_table_offset, n, &raw);
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
 		uint64_t off;
 
@@ -97,7 +98,9 @@ static int block_get(uq_image *img, uint64_t idx, uint8_t **out)
 		ret = alloc_block_buf(img, &img->rc.blocks[idx]);
 		if (ret < 0)
 			return ret;
-		ret = io_pread_full(img->file, img->rc.blocks[idx], cs(img), img->rc.table[idx]);
+		uq_count(img->ctx, UQ_STAT_REFBLOCK_LOADS, 1);
+		ret = uq_meta_pread(img, UQ_MK_REFBLOCK, img->rc.blocks[idx], cs(img),
+				    img->rc.table[idx]);
 		if (ret < 0) {
 			free(img->rc.blocks[idx]);
 			img->rc.blocks[idx] = NULL;
@@ -129,6 +132,7 @@ static void note_alloc(uq_image *img, uint64_t cluster, uint64_t n)
 {
 	uint64_t end = (cluster + n) * cs(img);
 
+	uq_count(img->ctx, UQ_STAT_CLUSTERS_ALLOCATED, n);
 	if (end > img->alloc.host_end)
 		img->alloc.host_end = end;
 	if (end > img->alloc.written_end)
@@ -339,6 +343,7 @@ int uq_rc_apply_frees(uq_image *img)
 		if (ret || v)
 			continue;
 		uq_meta_del(img, c * cs(img), cs(img));
+		uq_count(img->ctx, UQ_STAT_CLUSTERS_FREED, 1);
 		if (run_n && c == run_first + run_n) {
 			run_n++;
 			continue;
@@ -355,7 +360,7 @@ int uq_rc_apply_frees(uq_image *img)
 
 static int write_table(uq_image *img, uint64_t off, const uint64_t *t, uint64_t n)
 {
-	return uq_write_table64(img->file, off, t, n, n * 8);
+	return uq_write_table64(img, UQ_MK_REFTABLE, off, t, n, n * 8);
 }
 
 int uq_rc_write_dirty(uq_image *img)
@@ -365,7 +370,9 @@ int uq_rc_write_dirty(uq_image *img)
 	for (uint64_t i = 0; i < img->rc.entries && ret == 0; i++) {
 		if (!img->rc.block_dirty[i])
 			continue;
-		ret = io_pwrite_full(img->file, img->rc.blocks[i], cs(img), img->rc.table[i]);
+		uq_count(img->ctx, UQ_STAT_REFBLOCK_WRITEBACKS, 1);
+		ret = uq_meta_pwrite(img, UQ_MK_REFBLOCK, img->rc.blocks[i], cs(img),
+				     img->rc.table[i]);
 		img->rc.block_dirty[i] = 0;
 	}
 	if (ret == 0 && img->rc.table_dirty) {
@@ -488,7 +495,8 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 	for (uint64_t i = 0; ret == 0 && i < n; i++) {
 		if (!img->rc.block_dirty[i])
 			continue;
-		ret = io_pwrite_full(img->file, img->rc.blocks[i], cs(img), nt[i]);
+		uq_count(img->ctx, UQ_STAT_REFBLOCK_WRITEBACKS, 1);
+		ret = uq_meta_pwrite(img, UQ_MK_REFBLOCK, img->rc.blocks[i], cs(img), nt[i]);
 		img->rc.block_dirty[i] = 0;
 	}
 	if (ret == 0)
@@ -565,7 +573,7 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 				uq_refcount_set(blk, order, j, v);
 		}
 		table[i] = (T + tc + i) * c;
-		ret = io_pwrite_full(img->file, blk, c, table[i]);
+		ret = uq_meta_pwrite(img, UQ_MK_REFBLOCK, blk, c, table[i]);
 	}
 	if (ret == 0)
 		ret = write_table(img, T * c, table, n);

@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "request.h"
+#include "stats.h"
 
 static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
 
@@ -26,6 +27,18 @@ static int check_writable(uq_image *img, uint64_t off, uint64_t len)
 				 "size %llu", img->path, (unsigned long long)off,
 				 (unsigned long long)len, (unsigned long long)img->size);
 	return 0;
+}
+
+static void count_request(struct uq_ctx *ctx, enum wkind kind, uint64_t len)
+{
+	static const enum uq_stat ops[] = {
+		[W_DATA] = UQ_STAT_REQ_WRITE_OPS, [W_ZERO] = UQ_STAT_REQ_ZERO_OPS,
+		[W_DISCARD] = UQ_STAT_REQ_DISCARD_OPS,
+	};
+
+	/* each *_OPS is followed by its *_BYTES */
+	uq_count(ctx, ops[kind], 1);
+	uq_count(ctx, ops[kind] + 1, len);
 }
 
 static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t len,
@@ -53,6 +66,7 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 	wr->d->ctx = img->ctx;
 	wr->len = (size_t)len;
 	wr->pending = 1;
+	count_request(img->ctx, kind, len);
 	unit = img->fmt == UQ_FMT_QCOW2 ? csz(img) : (1u << 20);
 	while (done < len && ret == 0) {
 		uint64_t pos = off + done;
@@ -66,6 +80,8 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 			if (kind == W_ZERO) {
 				uint8_t *z = calloc(1, n);
 
+				if (z)
+					uq_count_data(img->ctx, true, n);
 				ret = z ? io_pwrite_full(img->data, z, n, pos) : -ENOMEM;
 				free(z);
 			}

@@ -10,6 +10,7 @@
 #include "overlap.h"
 #include "snapshot.h"
 #include "walk.h"
+#include "stats.h"
 
 static uint64_t cs(const uq_image *img) { return img->g.cluster_size; }
 
@@ -124,7 +125,7 @@ static int ref_l2_table(struct uq_walk *w, uint64_t l2_off, uint8_t *tab)
 	uint64_t o_off = other_l2(r, w->l1_idx);
 	int ret = 0;
 
-	if (o_off && (ret = io_pread_full(img->file, r->otab, cs(img), o_off)) < 0)
+	if (o_off && (ret = uq_meta_pread(img, UQ_MK_L2, r->otab, cs(img), o_off)) < 0)
 		return uq_seterr(ret, "%s: reading an L2 table failed", img->path);
 	for (uint64_t i = 0; ret == 0 && i < g->l2_entries; i++) {
 		struct uq_l2map m, o;
@@ -253,7 +254,7 @@ static int fix_l2_table(struct uq_walk *w, uint64_t l2, uint8_t *tab)
 
 	if (ret == 0 && dirty) {
 		/* only flags change: a torn write leaves valid entries */
-		ret = io_pwrite_full(img->file, tab, cs(img), l2);
+		ret = uq_meta_pwrite(img, UQ_MK_L2, tab, cs(img), l2);
 		l2c_invalidate(img->l2c, l2);
 	}
 	return ret;
@@ -271,7 +272,7 @@ int uq_snap_fix_copied(uq_image *img)
 		return 0;
 	ret = uq_walk_l1(&w, img->h.l1_table_offset, img->h.l1_size, img->l1);
 	if (ret == 0 && f.l1_dirty)
-		ret = uq_write_table64(img->file, img->h.l1_table_offset, img->l1, img->h.l1_size,
+		ret = uq_write_table64(img, UQ_MK_L1, img->h.l1_table_offset, img->l1, img->h.l1_size,
 				       (uint64_t)img->h.l1_size * 8);
 	if (ret == 0)
 		ret = io_fsync(img->file);

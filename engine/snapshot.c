@@ -13,6 +13,7 @@
 #include "overlap.h"
 #include "snapshot.h"
 #include "walk.h"
+#include "stats.h"
 
 #define MAX_NAME 1023u    /* what uq_snapshot_info can hand back whole */
 
@@ -55,7 +56,7 @@ static int read_l1(uq_image *img, uint64_t off, uint32_t n, uint64_t *l1)
 
 	if (!n)
 		return 0;
-	ret = uq_read_table64(img->file, off, n, &t);
+	ret = uq_read_table64(img, UQ_MK_L1, off, n, &t);
 	if (ret < 0)
 		return uq_seterr(ret, "%s: reading the L1 table at 0x%llx failed", img->path,
 				 (unsigned long long)off);
@@ -69,7 +70,7 @@ static int read_l1(uq_image *img, uint64_t off, uint32_t n, uint64_t *l1)
 static int write_l1(uq_image *img, uint64_t off, const uint64_t *l1, uint32_t n, bool pad)
 {
 	uint64_t bytes = pad ? clusters_for(img, (uint64_t)n * 8) * cs(img) : (uint64_t)n * 8;
-	int ret = uq_write_table64(img->file, off, l1, n, bytes);
+	int ret = uq_write_table64(img, UQ_MK_L1, off, l1, n, bytes);
 
 	if (ret < 0)
 		return uq_seterr(ret, "%s: writing the L1 table at 0x%llx failed", img->path,
@@ -203,7 +204,7 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = old_len ? io_pread_full(img->file, old, old_len, old_off) : 0;
+	ret = old_len ? uq_meta_pread(img, UQ_MK_SNAPTABLE, old, old_len, old_off) : 0;
 	if (ret < 0) {
 		uq_seterr(ret, "%s: reading the snapshot table failed", img->path);
 		goto out;
@@ -232,7 +233,8 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 		if (ret == 0)
 			ret = uq_meta_add(img, off, len);
 		if (ret == 0)
-			ret = io_pwrite_full(img->file, buf, clusters_for(img, len) * cs(img), off);
+			ret = uq_meta_pwrite(img, UQ_MK_SNAPTABLE, buf,
+					     clusters_for(img, len) * cs(img), off);
 	}
 	if (ret == 0)
 		ret = rc_sync(img);
@@ -621,7 +623,7 @@ int uq_snaps_load(uq_image *img)
 		free(tab);
 		return -ENOMEM;
 	}
-	ret = io_pread_full(img->file, tab, avail, off);
+	ret = uq_meta_pread(img, UQ_MK_SNAPTABLE, tab, avail, off);
 	for (uint32_t i = 0; ret == 0 && i < n; i++) {
 		struct uq_snapshot_raw s;
 		struct uq_snap *d = &img->snap.list[i];

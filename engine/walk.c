@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "stats.h"
 #include "walk.h"
 
 const char *uq_mkind_name(enum uq_mkind k)
@@ -30,7 +31,8 @@ const char *uq_mkind_name(enum uq_mkind k)
 
 /* ---- table readers ---- */
 
-int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
+int uq_read_table64(uq_image *img, enum uq_mkind k, uint64_t off, uint64_t n,
+		    uint64_t **out)
 {
 	uint8_t *raw;
 	uint64_t *t;
@@ -46,7 +48,7 @@ int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
 		free(t);
 		return -ENOMEM;
 	}
-	ret = io_pread_full(f, raw, n * 8, off);
+	ret = uq_meta_pread(img, k, raw, n * 8, off);
 	for (uint64_t i = 0; ret == 0 && i < n; i++)
 		t[i] = uq_be64(raw + i * 8);
 	free(raw);
@@ -57,8 +59,8 @@ int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out)
 	return ret;
 }
 
-int uq_write_table64(struct io_file *f, uint64_t off, const uint64_t *t, uint64_t n,
-		     uint64_t bytes)
+int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_t *t,
+		     uint64_t n, uint64_t bytes)
 {
 	uint8_t *raw;
 	int ret;
@@ -72,7 +74,7 @@ int uq_write_table64(struct io_file *f, uint64_t off, const uint64_t *t, uint64_
 		return -ENOMEM;
 	for (uint64_t i = 0; i < n; i++)
 		uq_put_be64(raw + i * 8, t[i]);
-	ret = io_pwrite_full(f, raw, (size_t)bytes, off);
+	ret = uq_meta_pwrite(img, k, raw, (size_t)bytes, off);
 	free(raw);
 	return ret;
 }
@@ -96,12 +98,14 @@ static void tslot_done(struct io_req *io, ssize_t res)
 	s->state = 2;
 }
 
-int uq_treader_init(struct uq_treader *r, uq_image *img, const uint64_t *off, size_t n)
+int uq_treader_init(struct uq_treader *r, uq_image *img, enum uq_mkind kind,
+		    const uint64_t *off, size_t n)
 {
 	size_t depth = READ_AHEAD_BYTES / img->g.cluster_size;
 
 	memset(r, 0, sizeof(*r));
 	r->img = img;
+	r->kind = kind;
 	r->len = (size_t)img->g.cluster_size;
 	r->off = off;
 	r->n = n;
@@ -140,6 +144,7 @@ int uq_treader_next(struct uq_treader *r, uint8_t **buf)
 					 .len = r->len, .off = r->off[r->sub],
 					 .done = tslot_done };
 		s->state = 1;
+		uq_count_meta(r->img->ctx, r->kind, false, r->len);
 		io_queue_req(q, &s->io);
 		r->sub++;
 	}
@@ -264,7 +269,7 @@ static int l1_tables(struct uq_walk *w, const uint64_t *l1, uint32_t n)
 		idx[nt++] = i;
 	}
 	if (w->what & UQ_WALK_DATA)
-		ret = uq_treader_init(&rd, w->img, offs, nt);
+		ret = uq_treader_init(&rd, w->img, UQ_MK_L2, offs, nt);
 	for (size_t k = 0; ret == 0 && k < nt; k++) {
 		uint8_t *tab;
 
@@ -299,7 +304,7 @@ int uq_walk_l1(struct uq_walk *w, uint64_t l1_off, uint32_t l1_size, const uint6
 		return 0;
 	ret = region(w, UQ_MK_L1, l1_off, (uint64_t)l1_size * 8);
 	if (ret == 0 && !mem) {
-		ret = uq_read_table64(w->img->file, l1_off, l1_size, &own);
+		ret = uq_read_table64(w->img, UQ_MK_L1, l1_off, l1_size, &own);
 		if (ret < 0)
 			return bad(w, UQ_MK_L1, l1_off, ret);   /* 0: skip this table */
 		mem = own;
@@ -326,7 +331,7 @@ static int bitmap_table(struct uq_walk *w, uint64_t off, uint32_t size, uint64_t
 	ret = region(w, UQ_MK_BITMAP_TABLE, off, bytes);
 	if (ret != 0 || !size)
 		return ret;
-	ret = uq_read_table64(w->img->file, off, size, &t);
+	ret = uq_read_table64(w->img, UQ_MK_BITMAP_TABLE, off, size, &t);
 	if (ret < 0)
 		return bad(w, UQ_MK_BITMAP_TABLE, off, ret);
 	for (uint32_t i = 0; i < size && ret == 0; i++) {
@@ -363,7 +368,8 @@ static int bitmaps(struct uq_walk *w)
 	dir = malloc(dsize ? (size_t)dsize : 1);
 	if (!dir)
 		return -ENOMEM;
-	ret = io_pread_full(img->file, dir, (size_t)dsize, e->bitmap_directory_offset);
+	ret = uq_meta_pread(img, UQ_MK_BITMAP_DIR, dir, (size_t)dsize,
+			    e->bitmap_directory_offset);
 	if (ret < 0) {
 		free(dir);
 		return bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset, ret);
@@ -397,7 +403,7 @@ static int refblocks(struct uq_walk *w)
 
 	if (!rt) {
 		n = (uint64_t)img->h.refcount_table_clusters * cs / 8;
-		ret = uq_read_table64(img->file, img->h.refcount_table_offset, n, &own);
+		ret = uq_read_table64(img, UQ_MK_REFTABLE, img->h.refcount_table_offset, n, &own);
 		if (ret < 0)
 			return bad(w, UQ_MK_REFTABLE, img->h.refcount_table_offset, ret);
 		rt = own;

@@ -113,18 +113,20 @@ uint64_t uq_snaptable_bytes(const uq_image *img);
 
 /* n big-endian 64-bit entries at off into a malloc'd host-order array
  * (L1 tables, refcount tables, bitmap tables). */
-int uq_read_table64(struct io_file *f, uint64_t off, uint64_t n, uint64_t **out);
+int uq_read_table64(uq_image *img, enum uq_mkind k, uint64_t off, uint64_t n,
+		    uint64_t **out);
 
 /* Write n host-order entries big-endian at off, zero-padded to bytes
  * (>= n * 8; a new table's tail must read as zeros). */
-int uq_write_table64(struct io_file *f, uint64_t off, const uint64_t *t, uint64_t n,
-		     uint64_t bytes);
+int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_t *t,
+		     uint64_t n, uint64_t bytes);
 
 /* Reads a list of tables (one cluster each) through the image's queue,
  * several in flight, and hands them out in list order. */
 struct uq_tslot;
 struct uq_treader {
 	uq_image *img;
+	enum uq_mkind kind;   /* what the tables are, for the counters */
 	size_t len;
 	const uint64_t *off;
 	size_t n, sub, got;
@@ -132,7 +134,8 @@ struct uq_treader {
 	struct uq_tslot *s;
 };
 
-int uq_treader_init(struct uq_treader *r, uq_image *img, const uint64_t *off, size_t n);
+int uq_treader_init(struct uq_treader *r, uq_image *img, enum uq_mkind kind,
+		    const uint64_t *off, size_t n);
 /* The next table of the list; its buffer stays valid until the next call. */
 int uq_treader_next(struct uq_treader *r, uint8_t **buf);
 void uq_treader_free(struct uq_treader *r);

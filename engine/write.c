@@ -13,6 +13,7 @@
 #include "header.h"
 #include "overlap.h"
 #include "request.h"
+#include "stats.h"
 
 /* A data write of a piece on the queue. */
 struct wop {
@@ -26,8 +27,10 @@ static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
 
 static int data_write_sync(uq_image *img, const void *buf, size_t len, uint64_t host)
 {
-	int ret = io_pwrite_full(img->data, buf, len, host);
+	int ret;
 
+	uq_count_data(img->ctx, true, len);
+	ret = io_pwrite_full(img->data, buf, len, host);
 	if (ret < 0)
 		return uq_seterr(ret, "%s: writing data at 0x%llx failed: %s", img->path,
 				 (unsigned long long)host, strerror(-ret));
@@ -75,6 +78,7 @@ int uq_write_in_place(struct wreq *wr, const uint8_t *buf, size_t len, uint64_t 
 	img->writes_inflight++;
 	if (host + len > img->alloc.written_end)
 		img->alloc.written_end = host + len;
+	uq_count_data(img->ctx, true, len);
 	io_queue_req(img->ctx->q, &op->io);
 	return 0;
 }
@@ -119,8 +123,13 @@ static int write_cluster(struct wreq *wr, const uint8_t *buf, uint64_t off, size
 
 		if (!c)
 			return -ENOMEM;
-		ret = uq_reads_zero(img, &m) ? (memset(c, 0, glen), 0)
-					  : uq_internal_pread(img, c, glen, cstart);
+		if (uq_reads_zero(img, &m)) {
+			memset(c, 0, glen);
+			ret = 0;
+		} else {
+			uq_count(img->ctx, UQ_STAT_COW_COPIES, 1);
+			ret = uq_internal_pread(img, c, glen, cstart);
+		}
 		if (ret == 0) {
 			memcpy(c + intra, buf, len);
 			ret = data_write_sync(img, c, glen, host);
@@ -179,6 +188,7 @@ static int write_subclusters(struct wreq *wr, const uint8_t *buf, uint64_t off, 
 		c = malloc(slen);
 		if (!c)
 			return -ENOMEM;
+		uq_count(img->ctx, UQ_STAT_COW_COPIES, 1);
 		ret = uq_internal_pread(img, c, slen, cstart + span_start);
 		if (ret == 0) {
 			memcpy(c + (intra - span_start), buf, len);
@@ -243,8 +253,10 @@ int uq_write_compressed(struct wreq *wr, const uint8_t *buf, uint64_t off, size_
 		ret = uq_alloc_compressed(img, (uint64_t)n, &coff);
 	if (ret == 0)
 		ret = data_write_sync(img, z, (size_t)n, coff);
-	if (ret == 0)
+	if (ret == 0) {
+		uq_count(img->ctx, UQ_STAT_COMPRESSED_WRITES, 1);
 		ret = uq_l2_set(img, off, uq_l2_encode_compressed(&img->g, coff, (uint64_t)n), 0);
+	}
 	if (ret == 0)
 		ret = uq_mapping_release(img, &m, UINT64_MAX);
 out:

@@ -12,13 +12,17 @@
 #include "internal.h"
 #include "request.h"
 #include "walk.h"
+#include "stats.h"
 
 static uint64_t csz(const uq_image *img) { return img->g.cluster_size; }
 
 static int write_l2(void *arg, uint64_t off, const uint8_t *tab)
 {
 	uq_image *img = arg;
-	int ret = io_pwrite_full(img->file, tab, csz(img), off);
+	int ret;
+
+	uq_count(img->ctx, UQ_STAT_L2_WRITEBACKS, 1);
+	ret = uq_meta_pwrite(img, UQ_MK_L2, tab, csz(img), off);
 
 	if (ret == 0)
 		l2c_clean(img->l2c, off);
@@ -27,7 +31,7 @@ static int write_l2(void *arg, uint64_t off, const uint8_t *tab)
 
 static int write_l1(uq_image *img)
 {
-	return uq_write_table64(img->file, img->h.l1_table_offset, img->l1, img->h.l1_size,
+	return uq_write_table64(img, UQ_MK_L1, img->h.l1_table_offset, img->l1, img->h.l1_size,
 				(uint64_t)img->h.l1_size * 8);
 }
 
@@ -62,6 +66,7 @@ int uq_meta_flush(uq_image *img)
 		return ret < 0 ? uq_seterr(ret, "%s: flush failed: %s", img->path,
 					   strerror(-ret)) : 0;
 	}
+	uq_count(img->ctx, UQ_STAT_META_FLUSHES, 1);
 	if (img->rc.lazy)
 		ret = uq_header_set_dirty(img, true);
 	if (ret == 0 && img->data != img->file)
@@ -102,6 +107,7 @@ int uq_flush_impl(uq_image *img)
 
 	if (!(img->flags & UQ_OPEN_RDWR))
 		return 0;
+	uq_count(img->ctx, UQ_STAT_REQ_FLUSH_OPS, 1);
 	if (img->fmt != UQ_FMT_QCOW2) {
 		while (io_pending(img->ctx->q))
 			if (io_reap(img->ctx->q, 1) < 0)

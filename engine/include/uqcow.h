@@ -275,6 +275,78 @@ struct uq_check_result {
  * found (see res), or -errno when it could not (-ENOTSUP: not qcow2). */
 int uq_check(uq_image *img, unsigned flags, struct uq_check_result *res);
 
+/* ---- costs: I/O accounting and engine events ---- */
+
+/*
+ * Exact counters of what the engine did, always on. They cover the image
+ * and the backing chain opened with it (one set per chain) and every
+ * uq_queue made on it. Single-threaded workloads give the same counts on
+ * every run. The names (uq_stat_name) are stable and documented in
+ * README.md; new counters are only ever added at the end.
+ *
+ * req_*: what the caller asked for. file_*: what reached the files, from
+ * the accounting layer under every file of the chain. data_* and the
+ * per-kind metadata counters: the same reads and writes classified by the
+ * engine, so file_read_ops == data_read_ops + meta_read_ops (writes
+ * alike). The rest are engine events.
+ */
+enum uq_stat {
+	UQ_STAT_REQ_READ_OPS, UQ_STAT_REQ_READ_BYTES,
+	UQ_STAT_REQ_WRITE_OPS, UQ_STAT_REQ_WRITE_BYTES,
+	UQ_STAT_REQ_ZERO_OPS, UQ_STAT_REQ_ZERO_BYTES,
+	UQ_STAT_REQ_DISCARD_OPS, UQ_STAT_REQ_DISCARD_BYTES,
+	UQ_STAT_REQ_FLUSH_OPS,
+
+	UQ_STAT_FILE_READ_OPS, UQ_STAT_FILE_READ_BYTES,
+	UQ_STAT_FILE_WRITE_OPS, UQ_STAT_FILE_WRITE_BYTES,
+	UQ_STAT_FILE_SYNC_OPS,
+	UQ_STAT_FILE_PUNCH_OPS, UQ_STAT_FILE_PUNCH_BYTES,
+	UQ_STAT_FILE_FALLOC_OPS, UQ_STAT_FILE_FALLOC_BYTES,
+	UQ_STAT_FILE_TRUNCATE_OPS,
+
+	UQ_STAT_DATA_READ_OPS, UQ_STAT_DATA_READ_BYTES,
+	UQ_STAT_DATA_WRITE_OPS, UQ_STAT_DATA_WRITE_BYTES,
+	UQ_STAT_META_READ_OPS, UQ_STAT_META_READ_BYTES,    /* sums of the kinds below */
+	UQ_STAT_META_WRITE_OPS, UQ_STAT_META_WRITE_BYTES,
+
+	/* metadata by kind: read ops, read bytes, write ops, write bytes */
+	UQ_STAT_HEADER_READ_OPS, UQ_STAT_HEADER_READ_BYTES,
+	UQ_STAT_HEADER_WRITE_OPS, UQ_STAT_HEADER_WRITE_BYTES,
+	UQ_STAT_L1_READ_OPS, UQ_STAT_L1_READ_BYTES,
+	UQ_STAT_L1_WRITE_OPS, UQ_STAT_L1_WRITE_BYTES,
+	UQ_STAT_L2_READ_OPS, UQ_STAT_L2_READ_BYTES,
+	UQ_STAT_L2_WRITE_OPS, UQ_STAT_L2_WRITE_BYTES,
+	UQ_STAT_REFTABLE_READ_OPS, UQ_STAT_REFTABLE_READ_BYTES,
+	UQ_STAT_REFTABLE_WRITE_OPS, UQ_STAT_REFTABLE_WRITE_BYTES,
+	UQ_STAT_REFBLOCK_READ_OPS, UQ_STAT_REFBLOCK_READ_BYTES,
+	UQ_STAT_REFBLOCK_WRITE_OPS, UQ_STAT_REFBLOCK_WRITE_BYTES,
+	UQ_STAT_SNAPTABLE_READ_OPS, UQ_STAT_SNAPTABLE_READ_BYTES,
+	UQ_STAT_SNAPTABLE_WRITE_OPS, UQ_STAT_SNAPTABLE_WRITE_BYTES,
+	UQ_STAT_BITMAP_READ_OPS, UQ_STAT_BITMAP_READ_BYTES,
+	UQ_STAT_BITMAP_WRITE_OPS, UQ_STAT_BITMAP_WRITE_BYTES,
+	UQ_STAT_OTHER_READ_OPS, UQ_STAT_OTHER_READ_BYTES,
+	UQ_STAT_OTHER_WRITE_OPS, UQ_STAT_OTHER_WRITE_BYTES,
+
+	UQ_STAT_L2_HITS, UQ_STAT_L2_MISSES, UQ_STAT_L2_EVICTIONS, UQ_STAT_L2_WRITEBACKS,
+	UQ_STAT_REFBLOCK_LOADS, UQ_STAT_REFBLOCK_WRITEBACKS,
+	UQ_STAT_CLUSTERS_ALLOCATED, UQ_STAT_CLUSTERS_FREED,
+	UQ_STAT_COW_COPIES, UQ_STAT_COMPRESSED_WRITES,
+	UQ_STAT_META_FLUSHES,     /* metadata writebacks (each ends in a sync) */
+
+	UQ_STAT_COUNT
+};
+
+struct uq_stats {
+	size_t struct_size;        /* sizeof(the struct): set it before the call */
+	uint64_t v[UQ_STAT_COUNT]; /* indexed by enum uq_stat */
+};
+
+/* Counters since open or the last uq_reset_stats. */
+int uq_get_stats(uq_image *img, struct uq_stats *out);
+int uq_reset_stats(uq_image *img);
+/* "req_read_ops", ...; NULL past the end. */
+const char *uq_stat_name(unsigned stat);
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,16 +22,17 @@
  * that only changes synchronous calls may forward kernel_fd instead.
  * Wrappers stack: each one's inner may be another wrapper.
  *
- * Two wrappers are planned. Fault injection (tests/lib/fault.c, test-only)
+ * Two wrappers exist. Fault injection (tests/lib/fault.c, test-only)
  * records and fails changes; it must see every request, so it has no
- * kernel fd. The accounting layer (bytes and requests per operation) will
- * be the second: it counts in its ops and forwards, and likewise needs
- * io_no_kernel_fd to see queued requests (at the price of io_uring's kernel
- * path for that file, which is acceptable for counting, not for timing).
+ * kernel fd. The accounting layer (count.c) is always on under every image
+ * file: it counts in its ops and forwards, keeps its inner's kernel fd so
+ * io_uring's kernel path stays, and sees the requests that take that path
+ * through observe.
  */
 #ifndef UQ_IO_H
 #define UQ_IO_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -101,6 +102,10 @@ struct io_file_ops {
 	/* The fd io_uring may hand requests on this file to, or -1: they
 	 * then run inline through the ops. Constant for the file's life. */
 	int (*kernel_fd)(struct io_file *f);
+	/* Optional: told of each queued request the kernel runs on this file
+	 * (through a kernel fd forwarded from below), which bypasses the ops;
+	 * once per request, when it is queued. */
+	void (*observe)(struct io_file *f, const struct io_req *r);
 	/* Release the file; a wrapper closes its inner file too. */
 	void (*close)(struct io_file *f);
 };
@@ -172,6 +177,22 @@ int io_file_seek_data(struct io_file *f, uint64_t off, uint64_t *pos);
 int io_file_seek_hole(struct io_file *f, uint64_t off, uint64_t *pos);
 int io_file_identity(struct io_file *f, uint64_t *dev, uint64_t *ino);
 int io_file_kernel_fd(struct io_file *f);
+
+/* The accounting layer (count.c): a wrapper counting what reaches inner. */
+enum io_count {
+	IO_CNT_READ_OPS, IO_CNT_READ_BYTES, IO_CNT_WRITE_OPS, IO_CNT_WRITE_BYTES,
+	IO_CNT_SYNC_OPS, IO_CNT_PUNCH_OPS, IO_CNT_PUNCH_BYTES,
+	IO_CNT_FALLOC_OPS, IO_CNT_FALLOC_BYTES, IO_CNT_TRUNCATE_OPS,
+	IO_CNT_COUNT
+};
+struct io_counts {
+	_Atomic uint64_t v[IO_CNT_COUNT];
+};
+int io_count_wrap(struct io_file *inner, struct io_file **out);
+/* The counters of the first accounting layer at or under f, or NULL. */
+const struct io_counts *io_counts_of(struct io_file *f);
+/* For queues: r goes to the kernel; tell the files that observe. */
+void io_observe_kernel(const struct io_req *r);
 
 /* Inline execution of one request through its file's ops (psync, and
  * io_uring for files without a kernel fd). Returns the byte count of a

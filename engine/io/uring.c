@@ -202,6 +202,7 @@ static void uring_queue(struct io_queue *q, struct io_req *r)
 		complete(uq, r, io_exec_sync(r));
 		return;
 	}
+	io_observe_kernel(r);
 	/* Never ahead of requests already waiting: the FIFO keeps order. */
 	if (uq->nwait || barrier(uq, r) || !prep(uq, r))
 		wait_push_back(uq, r);
