@@ -15,6 +15,7 @@
 #include "stats.h"
 
 #define PROBE_BYTES (2u << 20) /* one maximal cluster holds header + extensions */
+#define PROBE_FIRST 65536u     /* read first: the header cluster of most images */
 
 /* Files already open further up the chain, to refuse loops. */
 struct chain_id {
@@ -235,6 +236,47 @@ static int open_data_file(uq_image *img, const struct open_args *a)
 	return 0;
 }
 
+/* The header cluster: header and extensions live in it. Read 64 KiB, and
+ * the rest of a larger cluster only when the header says there is one, so
+ * opening reads what it needs (the decoder checks cluster_bits itself). */
+static int read_head(uq_image *img, uint8_t **out, size_t *outlen)
+{
+	size_t len = img->file_size < PROBE_FIRST ? (size_t)img->file_size : PROBE_FIRST;
+	uint8_t *head = malloc(PROBE_FIRST), *more;
+	int ret;
+
+	*out = NULL;
+	if (!head)
+		return -ENOMEM;
+	ret = uq_meta_pread(img, UQ_MK_HEADER, head, len, 0);
+	if (ret == 0 && len == PROBE_FIRST && uq_be32(head) == QCOW_MAGIC) {
+		uint32_t bits = uq_be32(head + 20);   /* cluster_bits */
+		uint64_t want = bits < 32 ? 1ull << bits : PROBE_BYTES;
+
+		if (want > PROBE_BYTES)
+			want = PROBE_BYTES;
+		if (want > img->file_size)
+			want = img->file_size;
+		if (want > len) {
+			more = realloc(head, (size_t)want);
+			if (!more) {
+				free(head);
+				return -ENOMEM;
+			}
+			head = more;
+			ret = uq_meta_pread(img, UQ_MK_HEADER, head + len, (size_t)want - len, len);
+			len = (size_t)want;
+		}
+	}
+	if (ret < 0) {
+		free(head);
+		return uq_seterr(ret, "reading the header: %s", strerror(-ret));
+	}
+	*out = head;
+	*outlen = len;
+	return 0;
+}
+
 static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 		      const struct open_args *a)
 {
@@ -308,7 +350,7 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 	struct chain_id me = { 0 };
 	uq_image *img;
 	uint8_t *head = NULL;
-	size_t headlen;
+	size_t headlen = 0;
 	int ret;
 
 	img = calloc(1, sizeof(*img));
@@ -345,17 +387,9 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 	ret = io_file_size(img->file, &img->file_size);
 	if (ret < 0)
 		goto fail;
-	headlen = img->file_size < PROBE_BYTES ? (size_t)img->file_size : PROBE_BYTES;
-	head = malloc(headlen ? headlen : 1);
-	if (!head) {
-		ret = -ENOMEM;
+	ret = read_head(img, &head, &headlen);
+	if (ret < 0)
 		goto fail;
-	}
-	ret = uq_meta_pread(img, UQ_MK_HEADER, head, headlen, 0);
-	if (ret < 0) {
-		uq_seterr(ret, "reading the header: %s", strerror(-ret));
-		goto fail;
-	}
 	bool magic = headlen >= 4 && uq_be32(head) == QCOW_MAGIC;
 
 	if (fmt == UQ_FMT_QCOW2 || (fmt == UQ_FMT_PROBE && magic)) {

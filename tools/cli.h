@@ -132,9 +132,16 @@ void cli_json_begin(struct cli_json *j, const char *key, char open);
 void cli_json_end(struct cli_json *j, char close);
 void cli_json_str(struct cli_json *j, const char *key, const char *val);
 void cli_json_u64(struct cli_json *j, const char *key, uint64_t val);
+void cli_json_double(struct cli_json *j, const char *key, int decimals, double val);
 void cli_json_bool(struct cli_json *j, const char *key, bool val);
 /* A quoted, escaped JSON string (qemu's escaping: \uXXXX outside ASCII). */
 void cli_json_quote(FILE *f, const char *s);
+
+/* The image's exact costs since open or the last uq_reset_stats (names
+ * as uq_stat_name gives them): into j as a "stats" object with every
+ * counter, or, with j NULL, on stdout as "  name  value" lines for the
+ * counters that aren't 0. */
+int cli_print_stats(uq_image *img, const char *path, struct cli_json *j);
 
 /* "    (12.34/100%)\r" on stderr, as qemu-img -p draws it. */
 struct cli_progress {

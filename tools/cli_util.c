@@ -2,6 +2,7 @@
 /* Helpers every verb uses: option values, sizes in qemu's notation, error
  * lines, JSON with qemu's layout and escaping, the -p progress bar. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -375,6 +376,12 @@ void cli_json_str(struct cli_json *j, const char *key, const char *val)
 	cli_json_quote(j->f, val);
 }
 
+void cli_json_double(struct cli_json *j, const char *key, int decimals, double val)
+{
+	json_item(j, key);
+	fprintf(j->f, "%.*f", decimals, val);
+}
+
 void cli_json_u64(struct cli_json *j, const char *key, uint64_t val)
 {
 	json_item(j, key);
@@ -538,4 +545,27 @@ int cli_image_size(uq_image *img, const char *path, uint64_t *size)
 		*size = in->virtual_size;
 	free(in);
 	return ret;
+}
+
+int cli_print_stats(uq_image *img, const char *path, struct cli_json *j)
+{
+	struct uq_stats s = { .struct_size = sizeof(s) };
+	int ret = uq_get_stats(img, &s);
+
+	if (ret < 0) {
+		cli_error_uq(ret, path);
+		return ret;
+	}
+	if (j) {
+		cli_json_begin(j, "stats", '{');
+		for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
+			cli_json_u64(j, uq_stat_name(i), s.v[i]);
+		cli_json_end(j, '}');
+		return 0;
+	}
+	printf("Costs:\n");
+	for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
+		if (s.v[i])
+			printf("  %-22s %" PRIu64 "\n", uq_stat_name(i), s.v[i]);
+	return 0;
 }

@@ -392,6 +392,8 @@ out:
 	return ret;
 }
 
+enum { OPT_STATS = CLI_OPT_FIRST_FREE };
+
 static int run(int argc, char **argv, const struct cli_open *defaults)
 {
 	static const struct option longopts[] = {
@@ -400,12 +402,14 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		{ "read-only", no_argument, NULL, 'r' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "nocache", no_argument, NULL, 'n' },
+		{ "stats", no_argument, NULL, OPT_STATS },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct cli_open o = *defaults;
 	struct io_ctx x = { .readonly = false };
 	char **cmds = NULL;
 	int ncmds = 0, c, failed = 0, ret;
+	bool stats = false;
 
 	while ((c = getopt_long(argc, argv, ":hc:rf:nt:i:o:U", longopts,
 				NULL)) != -1) {
@@ -430,6 +434,9 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			break;
 		case 'r':
 			x.readonly = true;
+			break;
+		case OPT_STATS:
+			stats = true;
 			break;
 		case 'n':
 			o.flags |= UQ_OPEN_DIRECT;
@@ -481,6 +488,13 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		free(line);
 	}
 	free(cmds);
+	/* the costs include the metadata writeback close would do */
+	if (stats && !x.readonly && uq_flush(x.img) < 0) {
+		cli_error_uq(-EIO, x.path);
+		failed = 1;
+	}
+	if (stats && cli_print_stats(x.img, x.path, NULL) < 0)
+		failed = 1;
 	/* Metadata still in memory is written here: a failure is reported. */
 	ret = uq_close(x.img);
 	if (ret < 0) {
@@ -500,7 +514,7 @@ const struct cli_verb cmd_io = {
 	.name = "io",
 	.summary = "run qemu-io style commands on an image (qemu-io)",
 	.run = run,
-	.synopsis = "io [-r] [-f FMT] [-t CACHE | -n] [-i BACKEND] -c CMD "
+	.synopsis = "io [-r] [-f FMT] [-t CACHE | -n] [-i BACKEND] [--stats] -c CMD "
 		    "[-c CMD ...] FILE",
 	.help =
 	"  -r             open read-only (default: read-write)\n"
@@ -509,6 +523,8 @@ const struct cli_verb cmd_io = {
 	"  -t MODE, -n    cache mode; none / -n open with O_DIRECT\n"
 	"  -i BACKEND     io_uring or psync (also --io)\n"
 	"  -o l2-cache-size=SIZE\n"
+	"  --stats        after the commands, flush and print the exact costs\n"
+	"                 (uq_get_stats counters that aren't 0; README.md)\n"
 	"\nCommands:\n"
 	"  read [-Cqv] [-P pattern [-s off] [-l len]] off len\n"
 	"                 read; -P checks every byte against pattern, -v dumps\n"
