@@ -76,6 +76,8 @@ enum bench_scale { BENCH_SMALL, BENCH_DEFAULT, BENCH_LARGE };
  * are registered. CI runs small. */
 enum bench_scale bench_scale(void);
 
+struct bench_costs;
+
 /* Monotonic clock in seconds. */
 double bench_now(void);
 
@@ -84,6 +86,9 @@ double bench_now(void);
  * record the time; on failure skip the run with the engine's message.
  * Returns ret or the flush's error. */
 int bench_finish(struct bench_run *r, uq_image *img, int ret, double t0);
+/* The same, adding the step's costs (ops operations) to c first. */
+int bench_finish_costs(struct bench_run *r, uq_image *img, int ret, double t0,
+		       struct bench_costs *c, uint64_t ops);
 
 /* A private directory under UQCOW_BENCH_DIR (default /tmp), made on first
  * use and removed, with everything in it, by bench_cleanup(). */
@@ -179,6 +184,24 @@ double bench_qd_image(uq_image *img, const struct bench_io *w);
  * fd opened by the caller (O_DIRECT or not). -ENOSYS if io_uring can't be
  * set up here. */
 double bench_qd_raw(int fd, const struct bench_io *w);
+
+/* ---- exact costs ---- */
+
+/* What the measured steps of a run cost (uq_get_stats), and how many
+ * operations (requests, clusters) they did. */
+struct bench_costs {
+	uint64_t v[UQ_STAT_COUNT];
+	uint64_t ops;
+};
+
+/* Add the image's counters since open (bench_open resets them) or the
+ * last uq_reset_stats to c, with ops operations, and reset them. Call
+ * after the step's flush, before closing. */
+void bench_costs_add(struct bench_costs *c, uq_image *img, uint64_t ops);
+/* Report c per operation as counters: meta_reads_per_op,
+ * meta_writes_per_op, meta_bytes_per_op, syncs_per_op, punch_ops_per_op,
+ * ... (bench/README.md lists them). Nothing if c counted no operation. */
+void bench_costs_report(struct bench_run *r, const struct bench_costs *c);
 
 /* Set the message of the last bench_ helper failure. */
 const char *bench_errmsg(void);

@@ -15,6 +15,7 @@ void bench_alloc_write(struct bench_run *r)
 	unsigned qd = (unsigned)r->arg[3];
 	uint64_t n = (uint64_t)r->arg[4], size = n * cluster, total = 0;
 	struct bench_meta m = { 0 };
+	struct bench_costs c = { 0 };
 	char path[4200];
 	int ret = 0;
 
@@ -40,6 +41,8 @@ void bench_alloc_write(struct bench_run *r)
 		if (t >= 0 && uq_flush(img) < 0)
 			t = -EIO;
 		t = t < 0 ? t : bench_now() - t0;
+		if (t >= 0)
+			bench_costs_add(&c, img, n);
 		uq_close(img);
 		if (t < 0) {
 			bench_skip(r, bench_errmsg()[0] ? bench_errmsg() : uq_errmsg());
@@ -58,6 +61,7 @@ void bench_alloc_write(struct bench_run *r)
 	bench_counter(r, "refcount_blocks", (double)m.refcount_blocks, 0);
 	bench_counter(r, "l2_tables", (double)m.l2_tables, 0);
 	bench_counter(r, "metadata_bytes", (double)m.meta_bytes, BENCH_1024);
+	bench_costs_report(r, &c);
 	bench_items(r, (int64_t)total);
 	bench_bytes(r, (int64_t)(total * io));
 }

@@ -56,6 +56,10 @@ void bench_cache_sweep(struct bench_run *r)
 		bench_iteration_time(r, t);
 		total += w.n;
 	}
+	struct bench_costs c = { 0 };
+
+	bench_costs_add(&c, img, total);
+	bench_costs_report(r, &c);
 	uq_close(img);
 	bench_items(r, (int64_t)total);
 	/* how much of the image the cache maps */
@@ -145,6 +149,12 @@ void bench_mq_read(struct bench_run *r)
 		bench_skip(r, ret < 0 ? uq_errmsg() : "out of memory");
 		goto out;
 	}
+	/* costs over all threads, taken by thread 0 before the first and
+	 * after the last meeting point (no thread reads outside them) */
+	struct uq_stats before = { .struct_size = sizeof(before) }, after = before;
+
+	if (r->thread == 0)
+		uq_get_stats(img, &before);
 	while (bench_next(r)) {
 		/* BATCH requests per iteration, qd of them in flight */
 		unsigned issued = 0, done = 0;
@@ -174,6 +184,13 @@ void bench_mq_read(struct bench_run *r)
 			break;
 		}
 		n += BATCH;
+	}
+	if (r->thread == 0 && ret == 0 && uq_get_stats(img, &after) == 0) {
+		struct bench_costs c = { .ops = n * (uint64_t)r->threads };
+
+		for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
+			c.v[i] = after.v[i] - before.v[i];
+		bench_costs_report(r, &c);
 	}
 out:
 	/* nothing may complete into freed buffers */

@@ -16,6 +16,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 		uint64_t size)
 {
 	struct bench_meta m = { 0 };
+	struct bench_costs c = { 0 };
 	uint64_t total = 0, disk = 0;
 	char path[4200];
 
@@ -39,7 +40,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 			ret = uq_discard(img, 0, size);
 		else
 			ret = uq_write_zeroes(img, 0, size, op == OP_ZERO_UNMAP ? UQ_ZERO_UNMAP : 0);
-		if (bench_finish(r, img, ret, t0) < 0)
+		if (bench_finish_costs(r, img, ret, t0, &c, 1) < 0)
 			break;
 		total += size;
 		if (bench_meta(path, &m) < 0) {
@@ -55,6 +56,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 	bench_counter(r, "data_clusters_after", (double)m.data_clusters, 0);
 	/* file blocks still in use: whether freed clusters were punched */
 	bench_counter(r, "disk_bytes_after", (double)disk, BENCH_1024);
+	bench_costs_report(r, &c);   /* per request over the whole image */
 	bench_bytes(r, (int64_t)total);
 }
 

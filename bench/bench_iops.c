@@ -103,8 +103,12 @@ void bench_iops(struct bench_run *r)
 		total += w.n;
 		iter++;
 	}
+	struct bench_costs c = { 0 };
+
 	if (w.write)
 		uq_flush(img);
+	bench_costs_add(&c, img, total);
+	bench_costs_report(r, &c);   /* the image's side */
 	uq_close(img);
 	close(fd);
 	bench_items(r, (int64_t)total);

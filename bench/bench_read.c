@@ -56,6 +56,7 @@ void bench_read_kind(struct bench_run *r)
 	struct fix f = { .span = (uint64_t)r->arg[3] };
 	char name[64], path[4200], base[4200];
 	uint64_t total = 0, pos = 0;
+	struct bench_costs c = { 0 };
 	uq_image *img;
 	int ret;
 
@@ -96,6 +97,8 @@ void bench_read_kind(struct bench_run *r)
 		total += batch;
 		pos += batch;
 	}
+	bench_costs_add(&c, img, total);
+	bench_costs_report(r, &c);
 	uq_close(img);
 	bench_items(r, (int64_t)total);
 	bench_bytes(r, (int64_t)(total * io));

@@ -54,6 +54,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 {
 	static uint8_t data[4096];
 	uint64_t clusters = 0;
+	struct bench_costs c = { 0 };
 	char path[4200];
 
 	bench_path(path, sizeof(path), "snap.qcow2");
@@ -64,6 +65,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 
 		if (prepare(r, path, bits, size, nsnap, &img) < 0)
 			break;
+		uq_reset_stats(img);   /* the costs of what is timed */
 		t0 = bench_now();
 		if (op == OP_WRITE) {
 			/* 4 KiB into every cluster: each shared one is copied */
@@ -72,12 +74,13 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 		} else {
 			ret = uq_discard(img, 0, size);
 		}
-		if (bench_finish(r, img, ret, t0) < 0)
+		if (bench_finish_costs(r, img, ret, t0, &c, op == OP_WRITE ? size / CLUSTER : 1) < 0)
 			break;
 		clusters += size / CLUSTER;
 	}
 	unlink(path);
 	bench_counter(r, "clusters_per_s", (double)clusters, BENCH_RATE);
+	bench_costs_report(r, &c);   /* per request */
 }
 
 /* args: refcount_bits, snapshots, size */

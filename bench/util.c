@@ -57,6 +57,12 @@ double bench_now(void)
 
 int bench_finish(struct bench_run *r, uq_image *img, int ret, double t0)
 {
+	return bench_finish_costs(r, img, ret, t0, NULL, 0);
+}
+
+int bench_finish_costs(struct bench_run *r, uq_image *img, int ret, double t0,
+		       struct bench_costs *c, uint64_t ops)
+{
 	double t1;
 
 	if (ret == 0)
@@ -64,6 +70,8 @@ int bench_finish(struct bench_run *r, uq_image *img, int ret, double t0)
 	t1 = bench_now();
 	if (ret < 0)
 		bench_skip(r, uq_errmsg());
+	if (ret == 0 && c)
+		bench_costs_add(c, img, ops);
 	uq_close(img);
 	if (ret == 0)
 		bench_iteration_time(r, t1 - t0);
@@ -191,6 +199,44 @@ int bench_create(const char *path, uint64_t size, uint32_t cluster,
 	return ret;
 }
 
+/* The whole file, malloc'd (for the memory backend). */
+static int read_all(const char *path, void **out, size_t *len)
+{
+	int fd = open(path, O_RDONLY);
+	struct stat st;
+	uint8_t *buf = NULL;
+	int ret = 0;
+
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	buf = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (size_t done = 0; done < (size_t)st.st_size;) {
+		ssize_t n = pread(fd, buf + done, (size_t)st.st_size - done, (off_t)done);
+
+		if (n <= 0) {
+			ret = n < 0 ? -errno : -EIO;
+			goto out;
+		}
+		done += (size_t)n;
+	}
+	*out = buf;
+	*len = (size_t)st.st_size;
+	buf = NULL;
+out:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0)
+		seterr("reading %s: %s", path, strerror(-ret));
+	return ret;
+}
+
 int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
 	       uint64_t l2_cache, uq_image **img)
 {
@@ -199,8 +245,28 @@ int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
 		.flags = (rdwr ? UQ_OPEN_RDWR : 0) | (direct ? UQ_OPEN_DIRECT : 0),
 		.l2_cache_size = l2_cache,
 	};
-	int ret = uq_open(path, &o, img);
+	const char *io = getenv("UQCOW_BENCH_IO");
+	void *mem = NULL;
+	int ret = 0;
 
+	/* UQCOW_BENCH_IO=mem|psync|io_uring: the backend (tools/bench-instr
+	 * counts instructions on mem and psync). mem: the file's bytes are
+	 * copied in at open, and nothing reaches the file. */
+	if (io && !strcmp(io, "psync")) {
+		o.backend = UQ_IO_PSYNC;
+	} else if (io && !strcmp(io, "io_uring")) {
+		o.backend = UQ_IO_URING;
+	} else if (io && !strcmp(io, "mem")) {
+		o.backend = UQ_IO_MEM;
+		o.flags &= ~UQ_OPEN_DIRECT;
+		ret = read_all(path, &mem, &o.mem_len);
+		o.mem_data = mem;
+	}
+	if (ret == 0)
+		ret = uq_open(path, &o, img);
+	free(mem);
+	if (ret == 0)
+		uq_reset_stats(*img);   /* costs start after the open */
 	if (ret < 0) {
 		seterr("open %s%s: %s", path, direct ? " (O_DIRECT)" : "", uq_errmsg());
 		/* a file system without O_DIRECT says EINVAL at open */
@@ -538,4 +604,54 @@ double bench_qd_raw(int fd, const struct bench_io *w)
 	io_uring_queue_exit(&ring);
 	slots_free(&d, w);
 	return ret < 0 ? ret : t1 - t0;
+}
+
+/* ---- exact costs ---- */
+
+void bench_costs_add(struct bench_costs *c, uq_image *img, uint64_t ops)
+{
+	struct uq_stats s = { .struct_size = sizeof(s) };
+
+	if (uq_get_stats(img, &s) < 0)
+		return;
+	for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
+		c->v[i] += s.v[i];
+	c->ops += ops;
+	uq_reset_stats(img);
+}
+
+void bench_costs_report(struct bench_run *r, const struct bench_costs *c)
+{
+	static const struct {
+		const char *name;
+		enum uq_stat a, b;   /* the sum of a and b (b = a: just a) */
+	} figs[] = {
+		{ "file_ops_per_op", UQ_STAT_FILE_READ_OPS, UQ_STAT_FILE_WRITE_OPS },
+		{ "data_reads_per_op", UQ_STAT_DATA_READ_OPS, UQ_STAT_DATA_READ_OPS },
+		{ "data_writes_per_op", UQ_STAT_DATA_WRITE_OPS, UQ_STAT_DATA_WRITE_OPS },
+		{ "meta_reads_per_op", UQ_STAT_META_READ_OPS, UQ_STAT_META_READ_OPS },
+		{ "meta_read_bytes_per_op", UQ_STAT_META_READ_BYTES, UQ_STAT_META_READ_BYTES },
+		{ "meta_writes_per_op", UQ_STAT_META_WRITE_OPS, UQ_STAT_META_WRITE_OPS },
+		{ "meta_bytes_per_op", UQ_STAT_META_WRITE_BYTES, UQ_STAT_META_WRITE_BYTES },
+		{ "l2_writes_per_op", UQ_STAT_L2_WRITE_OPS, UQ_STAT_L2_WRITE_OPS },
+		{ "refblock_writes_per_op", UQ_STAT_REFBLOCK_WRITE_OPS,
+		  UQ_STAT_REFBLOCK_WRITE_OPS },
+		{ "refblock_loads_per_op", UQ_STAT_REFBLOCK_LOADS, UQ_STAT_REFBLOCK_LOADS },
+		{ "syncs_per_op", UQ_STAT_FILE_SYNC_OPS, UQ_STAT_FILE_SYNC_OPS },
+		{ "punch_ops_per_op", UQ_STAT_FILE_PUNCH_OPS, UQ_STAT_FILE_PUNCH_OPS },
+		{ "punch_bytes_per_op", UQ_STAT_FILE_PUNCH_BYTES, UQ_STAT_FILE_PUNCH_BYTES },
+		{ "l2_misses_per_op", UQ_STAT_L2_MISSES, UQ_STAT_L2_MISSES },
+		{ "clusters_allocated_per_op", UQ_STAT_CLUSTERS_ALLOCATED,
+		  UQ_STAT_CLUSTERS_ALLOCATED },
+		{ "clusters_freed_per_op", UQ_STAT_CLUSTERS_FREED, UQ_STAT_CLUSTERS_FREED },
+		{ "cow_copies_per_op", UQ_STAT_COW_COPIES, UQ_STAT_COW_COPIES },
+	};
+
+	if (!c->ops)
+		return;
+	for (size_t i = 0; i < sizeof(figs) / sizeof(figs[0]); i++) {
+		uint64_t n = c->v[figs[i].a] + (figs[i].b != figs[i].a ? c->v[figs[i].b] : 0);
+
+		bench_counter(r, figs[i].name, (double)n / (double)c->ops, 0);
+	}
 }

@@ -35,7 +35,8 @@ struct uq_ctx {
 	/* costs (stats.c): this ctx's counters; the image's ctx also lists
 	 * the queues made on it and the values uq_reset_stats started from */
 	_Atomic uint64_t cnt[UQ_STAT_COUNT];
-	struct uq_ctx *queues, *qnext;
+	struct uq_ctx *queues, *qnext;   /* under stats.c's lock */
+	uint64_t folded[UQ_STAT_COUNT];  /* destroyed queues'; under the lock */
 	uint64_t base[UQ_STAT_COUNT];
 };
 

@@ -3,6 +3,7 @@
  * and uq_get_stats, which adds up the ctx counters of the image and its
  * queues, the accounting layers under every file of the chain and the L2
  * caches' evictions. */
+#include <pthread.h>
 #include <string.h>
 
 #include "stats.h"
@@ -115,23 +116,30 @@ int uq_meta_pwrite(uq_image *img, enum uq_mkind k, const void *buf, size_t len,
 	return io_pwrite_full(img->file, buf, len, off);
 }
 
+/* Queues come and go on their own threads: the list of an image's queues
+ * and what destroyed ones counted are under one lock (rarely taken). */
+static pthread_mutex_t queues_lock = PTHREAD_MUTEX_INITIALIZER;
+
 void uq_stats_queue_add(uq_image *img, struct uq_ctx *q)
 {
+	pthread_mutex_lock(&queues_lock);
 	q->qnext = img->ctx->queues;
 	img->ctx->queues = q;
+	pthread_mutex_unlock(&queues_lock);
 }
 
 void uq_stats_queue_drop(uq_image *img, struct uq_ctx *q)
 {
-	struct uq_ctx **p = &img->ctx->queues;
+	struct uq_ctx **p;
 
-	while (*p && *p != q)
-		p = &(*p)->qnext;
+	pthread_mutex_lock(&queues_lock);
+	for (p = &img->ctx->queues; *p && *p != q; p = &(*p)->qnext)
+		;
 	if (*p)
 		*p = q->qnext;
 	for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
-		uq_count(img->ctx, (enum uq_stat)i,
-			 atomic_load_explicit(&q->cnt[i], memory_order_relaxed));
+		img->ctx->folded[i] += atomic_load_explicit(&q->cnt[i], memory_order_relaxed);
+	pthread_mutex_unlock(&queues_lock);
 }
 
 static void add_ctx(uint64_t *v, const struct uq_ctx *c)
@@ -167,8 +175,12 @@ static void totals(uq_image *img, uint64_t *v)
 {
 	memset(v, 0, UQ_STAT_COUNT * sizeof(*v));
 	add_ctx(v, img->ctx);
+	pthread_mutex_lock(&queues_lock);
 	for (const struct uq_ctx *q = img->ctx->queues; q; q = q->qnext)
 		add_ctx(v, q);
+	for (unsigned i = 0; i < UQ_STAT_COUNT; i++)
+		v[i] += img->ctx->folded[i];
+	pthread_mutex_unlock(&queues_lock);
 	for (uq_image *i = img; i; i = i->backing) {
 		add_file(v, i->file);
 		if (i->data != i->file)

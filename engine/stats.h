@@ -31,8 +31,8 @@ int uq_meta_pread(uq_image *img, enum uq_mkind k, void *buf, size_t len, uint64_
 int uq_meta_pwrite(uq_image *img, enum uq_mkind k, const void *buf, size_t len,
 		   uint64_t off);
 
-/* Queues: their counters join the image's while they live and fold into
- * the image's ctx when destroyed. Owner thread only. */
+/* Queues: their counters join the image's while they live and are kept
+ * on the image's ctx when destroyed. Any thread. */
 void uq_stats_queue_add(uq_image *img, struct uq_ctx *q);
 void uq_stats_queue_drop(uq_image *img, struct uq_ctx *q);
 
