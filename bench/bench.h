@@ -59,6 +59,16 @@ void bench_counter(struct bench_run *r, const char *name, double value,
 void bench_items(struct bench_run *r, int64_t items);
 void bench_bytes(struct bench_run *r, int64_t bytes);
 
+/* The operations the run did, when they aren't its items (instructions
+ * and costs are divided by them). */
+void bench_ops(struct bench_run *r, uint64_t ops);
+
+/* Bracket the measured work of a run (not its setup): tools/bench-instr
+ * counts instructions only between these, under callgrind. Outside
+ * valgrind they cost a few instructions. Never nest. */
+void bench_measure_begin(struct bench_run *r);
+void bench_measure_end(struct bench_run *r);
+
 /* Give up on this run: it is reported as an error with msg, the others
  * go on, and uqcow-bench exits 1 at the end. Call before the loop or
  * leave the loop right after. */

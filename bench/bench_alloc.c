@@ -36,10 +36,12 @@ void bench_alloc_write(struct bench_run *r)
 		if (bench_open(r, path, true, false, 0, &img) < 0)
 			break;
 		t0 = bench_now();
+		bench_measure_begin(r);
 		t = bench_qd_image(img, &w);
 		/* the metadata is part of the cost: it reaches the file on flush */
 		if (t >= 0 && uq_flush(img) < 0)
 			t = -EIO;
+		bench_measure_end(r);
 		t = t < 0 ? t : bench_now() - t0;
 		if (t >= 0)
 			bench_costs_add(&c, img, n);

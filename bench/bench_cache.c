@@ -48,7 +48,9 @@ void bench_cache_sweep(struct bench_run *r)
 		double t;
 
 		w.seed = 0xfeedull + total;
+		bench_measure_begin(r);
 		t = bench_qd_image(img, &w);
+		bench_measure_end(r);
 		if (t < 0) {
 			bench_skip(r, bench_errmsg());
 			break;

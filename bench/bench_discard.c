@@ -36,6 +36,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 		if (bench_open(r, path, true, false, 0, &img) < 0)
 			break;
 		t0 = bench_now();
+		bench_measure_begin(r);
 		if (op == OP_DISCARD)
 			ret = uq_discard(img, 0, size);
 		else

@@ -84,9 +84,13 @@ void bench_iops(struct bench_run *r)
 		/* alternate which goes first: neither gets a warmer device */
 		if (iter & 1) {
 			raw = bench_qd_raw(fd, &w);
+			bench_measure_begin(r);
 			q = raw < 0 ? raw : bench_qd_image(img, &w);
+			bench_measure_end(r);
 		} else {
+			bench_measure_begin(r);
 			q = bench_qd_image(img, &w);
+			bench_measure_end(r);
 			raw = q < 0 ? q : bench_qd_raw(fd, &w);
 		}
 		if (raw == -ENOSYS) {

@@ -122,6 +122,7 @@ static void lookups(struct bench_run *r, bool mutex)
 		bench_skip(r, why);
 		return;
 	}
+	bench_measure_begin(r);   /* to the end of the run */
 	while (bench_next(r)) {
 		for (unsigned k = 0; k < BATCH; k++) {
 			uint64_t x = bench_rand(&seed), t = x % tables;

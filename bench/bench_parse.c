@@ -38,6 +38,7 @@ void bench_parse_header(struct bench_run *r)
 		free(e);
 		return;
 	}
+	bench_measure_begin(r);   /* to the end of the run */
 	while (bench_next(r)) {
 		for (unsigned k = 0; k < BATCH; k++) {
 			struct uq_header h;
@@ -82,6 +83,7 @@ void bench_parse_l2(struct bench_run *r)
 		if (ext)
 			uq_put_be64(e + 8, 0xffffffffull);   /* all allocated */
 	}
+	bench_measure_begin(r);   /* to the end of the run */
 	while (bench_next(r)) {
 		for (uint64_t i = 0; i < g.l2_entries; i++) {
 			const uint8_t *e = tab + i * g.l2_entry_bytes;
@@ -116,6 +118,7 @@ void bench_parse_refcount(struct bench_run *r)
 	}
 	for (uint64_t i = 0; i < entries; i++)
 		uq_refcount_set(blk, order, i, bench_rand(&seed) & uq_refcount_max(order));
+	bench_measure_begin(r);   /* to the end of the run */
 	while (bench_next(r)) {
 		for (uint64_t i = 0; i < entries; i++)
 			sum += uq_refcount_get(blk, order, i);

@@ -87,7 +87,11 @@ void bench_read_kind(struct bench_run *r)
 		struct bench_io w = {
 			.qd = qd, .io = io, .first = pos, .span = f.span, .n = batch,
 		};
-		double t = bench_qd_image(img, &w);
+		double t;
+
+		bench_measure_begin(r);
+		t = bench_qd_image(img, &w);
+		bench_measure_end(r);
 
 		if (t < 0) {
 			bench_skip(r, bench_errmsg());

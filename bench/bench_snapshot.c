@@ -67,6 +67,7 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, unsigned nsnap,
 			break;
 		uq_reset_stats(img);   /* the costs of what is timed */
 		t0 = bench_now();
+		bench_measure_begin(r);
 		if (op == OP_WRITE) {
 			/* 4 KiB into every cluster: each shared one is copied */
 			for (uint64_t off = 0; off < size && ret == 0; off += CLUSTER)

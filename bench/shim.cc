@@ -4,10 +4,12 @@
  * twice: uqcow-bench (the public API) and, with UQCOW_BENCH_PARTS,
  * uqcow-bench-parts (engine components, linking internals). */
 #include <benchmark/benchmark.h>
+#include <valgrind/callgrind.h>
 
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <atomic>
@@ -23,6 +25,7 @@ struct Run {
 	bench_run c;
 	benchmark::State *st;
 	bool finished;           /* bench_next() returned false */
+	uint64_t ops, items;     /* bench_ops, bench_items */
 };
 
 Run *of(bench_run *r)
@@ -34,7 +37,8 @@ typedef void (*Body)(bench_run *);
 
 std::atomic<unsigned> failures;
 
-void run_body(benchmark::State &st, Body body, const std::vector<int64_t> &args)
+void run_body(benchmark::State &st, Body body, const std::vector<int64_t> &args,
+	      const std::string &name)
 {
 	Run run = {};
 
@@ -45,7 +49,13 @@ void run_body(benchmark::State &st, Body body, const std::vector<int64_t> &args)
 		run.c.arg[i] = args[i];
 	run.c.thread = st.thread_index();
 	run.c.threads = st.threads();
+	/* under callgrind (tools/bench-instr): count only this run's measured
+	 * sections (bench_measure_*), one dump per run, named after it */
+	CALLGRIND_ZERO_STATS;
 	body(&run.c);
+	bench_measure_end(&run.c);   /* bodies that measure to their end */
+	if (st.thread_index() == 0)
+		CALLGRIND_DUMP_STATS_AT(name.c_str());
 	/* A body that gave up before its loop still owes the harness a
 	 * finished loop (threads meet at its start and end). */
 	if (!run.finished) {
@@ -56,6 +66,11 @@ void run_body(benchmark::State &st, Body body, const std::vector<int64_t> &args)
 		while (st.KeepRunning())
 			;
 	}
+	/* what instructions are divided by: the body's operations, else
+	 * its items, else iterations */
+	if (st.thread_index() == 0)
+		st.counters["ops"] = static_cast<double>(
+			run.ops ? run.ops : run.items ? run.items : st.iterations());
 }
 
 /* (uqcow-bench-parts registers nothing with a size) */
@@ -93,12 +108,17 @@ int max_threads()
 void add(const std::string &name, Body body, std::vector<int64_t> args, unsigned how)
 {
 	benchmark::internal::Benchmark *b = benchmark::RegisterBenchmark(
-		name.c_str(), [body, args](benchmark::State &st) { run_body(st, body, args); });
+		name.c_str(), [body, args, name](benchmark::State &st) { run_body(st, body, args, name); });
 
 	if (how & MANUAL)
 		b->UseManualTime();
 	if (how & THREADS)
 		b->ThreadRange(1, max_threads())->UseRealTime();
+	/* UQCOW_BENCH_ITERS=N: exactly N iterations, one body call per
+	 * repetition (tools/bench-instr: counts that don't depend on timing) */
+	if (const char *it = getenv("UQCOW_BENCH_ITERS"))
+		if (atoi(it) > 0)
+			b->Iterations(atoi(it));
 	b->Unit(how & MS ? benchmark::kMillisecond :
 		how & US ? benchmark::kMicrosecond : benchmark::kNanosecond);
 }
@@ -354,7 +374,31 @@ void bench_counter(bench_run *r, const char *name, double value, unsigned flags)
 
 void bench_items(bench_run *r, int64_t items)
 {
+	of(r)->items = static_cast<uint64_t>(items);
 	of(r)->st->SetItemsProcessed(items);
+}
+
+void bench_ops(bench_run *r, uint64_t ops)
+{
+	of(r)->ops = ops;
+}
+
+/* callgrind only toggles: track the state so that an end without a begin
+ * (a step that failed before it) changes nothing */
+static thread_local bool measuring;
+
+void bench_measure_begin(bench_run *)
+{
+	if (!measuring)
+		CALLGRIND_TOGGLE_COLLECT;
+	measuring = true;
+}
+
+void bench_measure_end(bench_run *)
+{
+	if (measuring)
+		CALLGRIND_TOGGLE_COLLECT;
+	measuring = false;
 }
 
 void bench_bytes(bench_run *r, int64_t bytes)

@@ -67,6 +67,7 @@ int bench_finish_costs(struct bench_run *r, uq_image *img, int ret, double t0,
 
 	if (ret == 0)
 		ret = uq_flush(img);
+	bench_measure_end(r);
 	t1 = bench_now();
 	if (ret < 0)
 		bench_skip(r, uq_errmsg());
@@ -199,6 +200,8 @@ int bench_create(const char *path, uint64_t size, uint32_t cluster,
 	return ret;
 }
 
+#define MEM_MAX (256 << 20)
+
 /* The whole file, malloc'd (for the memory backend). */
 static int read_all(const char *path, void **out, size_t *len)
 {
@@ -257,6 +260,16 @@ int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
 	} else if (io && !strcmp(io, "io_uring")) {
 		o.backend = UQ_IO_URING;
 	} else if (io && !strcmp(io, "mem")) {
+		struct stat st;
+
+		/* a sparse multi-GiB fixture would be read into memory whole */
+		if (stat(path, &st) == 0 && st.st_size > MEM_MAX) {
+			seterr("%s is %lld bytes: more than the memory backend takes (%d MiB)",
+			       path, (long long)st.st_size, MEM_MAX >> 20);
+			if (r)
+				bench_unavailable(r, errmsg);
+			return -EFBIG;
+		}
 		o.backend = UQ_IO_MEM;
 		o.flags &= ~UQ_OPEN_DIRECT;
 		ret = read_all(path, &mem, &o.mem_len);
@@ -649,6 +662,7 @@ void bench_costs_report(struct bench_run *r, const struct bench_costs *c)
 
 	if (!c->ops)
 		return;
+	bench_ops(r, c->ops);
 	for (size_t i = 0; i < sizeof(figs) / sizeof(figs[0]); i++) {
 		uint64_t n = c->v[figs[i].a] + (figs[i].b != figs[i].a ? c->v[figs[i].b] : 0);
 

@@ -5,7 +5,7 @@ set -euo pipefail
 
 pkgs=(meson ninja-build pkg-config gcc g++ clang llvm liburing-dev zlib1g-dev
       libzstd-dev qemu-utils python3 libbenchmark-dev libbenchmark-tools
-      python3-scipy gnuplot-nox zip)
+      python3-scipy gnuplot-nox zip valgrind)
 
 missing=()
 for p in "${pkgs[@]}"; do
