@@ -319,6 +319,12 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 	if (ret < 0)
 		return uq_seterr(ret, "l2-cache-size %llu is out of range",
 				 (unsigned long long)cache);
+	/* refcount blocks kept in memory: a bound, whatever the image size */
+	cache = a->o->refcount_cache_size ? a->o->refcount_cache_size
+					  : UQ_DEFAULT_REFCOUNT_CACHE;
+	img->rc.cap = cache / img->g.cluster_size;
+	if (img->rc.cap < UQ_MIN_REFCOUNT_BLOCKS)
+		img->rc.cap = UQ_MIN_REFCOUNT_BLOCKS;
 	/* a repair handle gets its write state from uq_check, after the
 	 * check: the refcount structures may be too broken to load */
 	if ((img->flags & UQ_OPEN_RDWR) && !(img->flags & UQ_OPEN_REPAIR))

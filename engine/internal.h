@@ -16,6 +16,8 @@
 
 #define UQ_DEFAULT_L2_CACHE_MAX (32ull << 20) /* maps 256 GiB at 64 KiB clusters */
 #define UQ_DEFAULT_QUEUE_DEPTH 128
+#define UQ_DEFAULT_REFCOUNT_CACHE (4ull << 20) /* see README, "Refcount cache" */
+#define UQ_MIN_REFCOUNT_BLOCKS 4
 #define UQ_DIRECT_ALIGN 4096
 
 /* Finished guest requests waiting to be reported by uq_poll. */
@@ -54,6 +56,9 @@ struct uq_rc {
 	bool table_dirty;
 	uint8_t **blocks;         /* cached refcount blocks by table index */
 	uint8_t *block_dirty;
+	uint8_t *block_ref;       /* CLOCK reference bits, by table index */
+	uint64_t nres, cap;       /* blocks in memory; at most cap (0: no bound) */
+	uint64_t hand;            /* CLOCK hand: a table index */
 	uint64_t *frees;          /* clusters whose refcount drops after L2 is on disk */
 	size_t nfrees, frees_cap;
 	bool lazy;                /* lazy refcounts: blocks reach disk on close */

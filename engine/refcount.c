@@ -28,7 +28,7 @@ static int alloc_block_buf(const uq_image *img, uint8_t **out)
 static int resize_rb_arrays(uq_image *img, uint64_t entries)
 {
 	uint8_t **rb = realloc(img->rc.blocks, entries * sizeof(*rb));
-	uint8_t *dirty;
+	uint8_t *dirty, *ref;
 
 	if (!rb)
 		return -ENOMEM;
@@ -37,11 +37,90 @@ static int resize_rb_arrays(uq_image *img, uint64_t entries)
 	if (!dirty)
 		return -ENOMEM;
 	img->rc.block_dirty = dirty;
+	ref = realloc(img->rc.block_ref, entries);
+	if (!ref)
+		return -ENOMEM;
+	img->rc.block_ref = ref;
 	for (uint64_t i = img->rc.entries; i < entries; i++) {
 		rb[i] = NULL;
 		dirty[i] = 0;
+		ref[i] = 0;
 	}
 	return 0;
+}
+
+/* ---- the bounded block cache ----
+ *
+ * At most rc.cap blocks stay in memory; CLOCK picks the one to drop. A
+ * dirty block is written back when dropped, without a sync: that is safe
+ * at any time because the engine only ever holds two kinds of change in
+ * a block. Increases are applied before anything relies on them, so
+ * writing one early can only leak. Decreases are applied only once the
+ * metadata that dropped the reference is durable (deferred frees run
+ * after the L2 and L1 writeback; snapshot deletion after the new snapshot
+ * table), so writing one early is writing it late enough. */
+
+static int evict_one(uq_image *img)
+{
+	uint64_t n = img->rc.entries;
+
+	if (!n)
+		return 0;
+	if (img->rc.hand >= n)
+		img->rc.hand = 0;
+	for (uint64_t step = 0; step < 2 * n + 1; step++) {
+		uint64_t i = img->rc.hand;
+		int ret = 0;
+
+		img->rc.hand = (i + 1) % n;
+		if (!img->rc.blocks[i])
+			continue;
+		if (img->rc.block_ref[i]) {
+			img->rc.block_ref[i] = 0;
+			continue;
+		}
+		if (img->rc.block_dirty[i]) {
+			uq_count(img->ctx, UQ_STAT_REFBLOCK_WRITEBACKS, 1);
+			ret = uq_meta_pwrite(img, UQ_MK_REFBLOCK, img->rc.blocks[i], cs(img),
+					     img->rc.table[i]);
+			if (ret < 0)
+				return uq_seterr(ret, "writing back refcount block %llu failed",
+						 (unsigned long long)i);
+			img->rc.block_dirty[i] = 0;
+		}
+		free(img->rc.blocks[i]);
+		img->rc.blocks[i] = NULL;
+		img->rc.nres--;
+		uq_count(img->ctx, UQ_STAT_REFBLOCK_EVICTIONS, 1);
+		return 0;
+	}
+	return 0;   /* nothing to drop: stay over the bound rather than fail */
+}
+
+/* Make buf the cached block of table index idx, making room first. */
+static int install(uq_image *img, uint64_t idx, uint8_t *buf)
+{
+	if (img->rc.cap && img->rc.nres >= img->rc.cap) {
+		int ret = evict_one(img);
+
+		if (ret < 0) {
+			free(buf);
+			return ret;
+		}
+	}
+	img->rc.blocks[idx] = buf;
+	img->rc.block_ref[idx] = 1;
+	img->rc.nres++;
+	return 0;
+}
+
+/* A zeroed new block for idx, cached. */
+static int install_new(uq_image *img, uint64_t idx)
+{
+	uint8_t *buf;
+	int ret = alloc_block_buf(img, &buf);
+
+	return ret < 0 ? ret : install(img, idx, buf);
 }
 
 int uq_rc_load(uq_image *img)
@@ -78,6 +157,10 @@ void uq_rc_release(uq_image *img)
 		free(img->rc.blocks[i]);
 	free(img->rc.blocks);
 	free(img->rc.block_dirty);
+	free(img->rc.block_ref);
+	img->rc.block_ref = NULL;
+	img->rc.nres = 0;
+	img->rc.hand = 0;
 	free(img->rc.table);
 	free(img->rc.frees);
 	img->rc.blocks = NULL;
@@ -95,18 +178,23 @@ static int block_get(uq_image *img, uint64_t idx, uint8_t **out)
 	if (idx >= img->rc.entries || !img->rc.table[idx])
 		return 0;
 	if (!img->rc.blocks[idx]) {
-		ret = alloc_block_buf(img, &img->rc.blocks[idx]);
+		uint8_t *buf;
+
+		ret = alloc_block_buf(img, &buf);
 		if (ret < 0)
 			return ret;
 		uq_count(img->ctx, UQ_STAT_REFBLOCK_LOADS, 1);
-		ret = uq_meta_pread(img, UQ_MK_REFBLOCK, img->rc.blocks[idx], cs(img),
-				    img->rc.table[idx]);
+		ret = uq_meta_pread(img, UQ_MK_REFBLOCK, buf, cs(img), img->rc.table[idx]);
 		if (ret < 0) {
-			free(img->rc.blocks[idx]);
-			img->rc.blocks[idx] = NULL;
+			free(buf);
 			return uq_seterr(ret, "reading refcount block %llu failed",
 					 (unsigned long long)idx);
 		}
+		ret = install(img, idx, buf);
+		if (ret < 0)
+			return ret;
+	} else {
+		img->rc.block_ref[idx] = 1;
 	}
 	*out = img->rc.blocks[idx];
 	return 0;
@@ -172,13 +260,21 @@ static int find_free(uq_image *img, uint64_t n, uint64_t *first)
 
 static int grow_table(uq_image *img, uint64_t min_entries);
 
-static void set_in_block(uq_image *img, uint64_t cluster, uint64_t v)
+/* The block must exist (it may have been dropped from the cache since it
+ * was last looked at: it is loaded again). */
+static int set_in_block(uq_image *img, uint64_t cluster, uint64_t v)
 {
 	uint64_t idx = cluster >> img->g.rb_bits;
+	uint8_t *b;
+	int ret = block_get(img, idx, &b);
 
-	uq_refcount_set(img->rc.blocks[idx], img->g.refcount_order,
-			cluster & ((1ull << img->g.rb_bits) - 1), v);
+	if (ret < 0)
+		return ret;
+	if (!b)
+		return uq_seterr(-EIO, "refcount block %llu vanished", (unsigned long long)idx);
+	uq_refcount_set(b, img->g.refcount_order, cluster & ((1ull << img->g.rb_bits) - 1), v);
 	img->rc.block_dirty[idx] = 1;
+	return 0;
 }
 
 /* Create the refcount block for table index idx. Its own cluster's
@@ -186,7 +282,7 @@ static void set_in_block(uq_image *img, uint64_t cluster, uint64_t v)
 static int new_block(uq_image *img, uint64_t idx)
 {
 	uint64_t c, bidx;
-	uint8_t *buf, *other;
+	uint8_t *other;
 	int ret;
 
 	if (idx >= img->rc.entries) {
@@ -212,14 +308,17 @@ static int new_block(uq_image *img, uint64_t idx)
 		if (ret < 0)
 			return ret;
 	}
-	ret = alloc_block_buf(img, &buf);
+	img->rc.table[idx] = c * cs(img);
+	ret = install_new(img, idx);
+	if (ret < 0) {
+		img->rc.table[idx] = 0;
+		return ret;
+	}
+	img->rc.table_dirty = true;
+	img->rc.block_dirty[idx] = 1;
+	ret = set_in_block(img, c, 1);
 	if (ret < 0)
 		return ret;
-	img->rc.blocks[idx] = buf;
-	img->rc.table[idx] = c * cs(img);
-	img->rc.table_dirty = true;
-	set_in_block(img, c, 1);
-	img->rc.block_dirty[idx] = 1;
 	note_alloc(img, c, 1);
 	return uq_meta_add(img, c * cs(img), cs(img));
 }
@@ -247,7 +346,9 @@ int uq_rc_add(uq_image *img, uint64_t cluster, int64_t delta)
 	if (delta < 0 && v < (uint64_t)-delta)
 		return uq_seterr(-EIO, "refcount of cluster 0x%llx would drop below 0",
 				 (unsigned long long)(cluster * cs(img)));
-	set_in_block(img, cluster, v + (uint64_t)delta);
+	ret = set_in_block(img, cluster, v + (uint64_t)delta);
+	if (ret < 0)
+		return ret;
 	if (v + (uint64_t)delta == 0 && cluster < img->alloc.free_hint)
 		img->alloc.free_hint = cluster;
 	return 0;
@@ -287,8 +388,11 @@ int uq_rc_alloc(uq_image *img, uint64_t n, uint64_t *host_off)
 		if (ok)
 			break;
 	}
-	for (uint64_t i = 0; i < n; i++)
-		set_in_block(img, c + i, 1);
+	for (uint64_t i = 0; i < n; i++) {
+		ret = set_in_block(img, c + i, 1);
+		if (ret < 0)
+			return ret;
+	}
 	if (c == img->alloc.free_hint)
 		img->alloc.free_hint = c + n;
 	note_alloc(img, c, n);
@@ -474,19 +578,18 @@ static int grow_table(uq_image *img, uint64_t min_entries)
 	     idx <= (T + tc + nb - 1) >> img->g.rb_bits; idx++) {
 		if (nt[idx])
 			continue;
-		ret = alloc_block_buf(img, &img->rc.blocks[idx]);
-		if (ret < 0)
-			return ret;
 		nt[idx] = next++ * cs(img);
+		ret = install_new(img, idx);
+		if (ret < 0) {
+			nt[idx] = 0;
+			return ret;
+		}
 		img->rc.block_dirty[idx] = 1;
 	}
 	for (uint64_t c = T; c < T + tc + nb; c++) {
-		uint8_t *b;
-
-		ret = block_get(img, c >> img->g.rb_bits, &b);
+		ret = set_in_block(img, c, 1);
 		if (ret < 0)
 			return ret;
-		set_in_block(img, c, 1);
 	}
 	note_alloc(img, T, tc + nb);
 	ret = uq_meta_add(img, T * cs(img), (tc + nb) * cs(img));

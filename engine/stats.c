@@ -56,6 +56,7 @@ static const char *const names[UQ_STAT_COUNT] = {
 	[UQ_STAT_COW_COPIES] = "cow_copies",
 	[UQ_STAT_COMPRESSED_WRITES] = "compressed_writes",
 	[UQ_STAT_META_FLUSHES] = "meta_flushes",
+	[UQ_STAT_REFBLOCK_EVICTIONS] = "refblock_evictions",
 };
 
 const char *uq_stat_name(unsigned stat)

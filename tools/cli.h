@@ -23,6 +23,7 @@ struct cli_open {
 	enum uq_backend backend;
 	unsigned flags;          /* UQ_OPEN_* */
 	uint64_t l2_cache_size;  /* 0: engine default */
+	uint64_t refcount_cache_size;  /* 0: engine default */
 };
 
 /* One verb. run() gets argv with argv[0] = the verb name and returns the
@@ -55,6 +56,7 @@ enum {
 	CLI_OPT_CACHE,
 	CLI_OPT_L2_CACHE,
 	CLI_OPT_OUTPUT,        /* verbs with --output=human|json */
+	CLI_OPT_RC_CACHE,
 	CLI_OPT_FIRST_FREE,    /* verbs number their own long options from here */
 };
 
@@ -62,6 +64,7 @@ enum {
 	{ "io", required_argument, NULL, CLI_OPT_IO }, \
 	{ "cache", required_argument, NULL, CLI_OPT_CACHE }, \
 	{ "l2-cache-size", required_argument, NULL, CLI_OPT_L2_CACHE }, \
+	{ "refcount-cache-size", required_argument, NULL, CLI_OPT_RC_CACHE }, \
 	{ "force-share", no_argument, NULL, 'U' }, \
 	{ "help", no_argument, NULL, 'h' }
 

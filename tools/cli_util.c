@@ -60,16 +60,26 @@ int cli_set_backend(struct cli_open *o, const char *arg)
 	return 0;
 }
 
-static int set_l2_cache(struct cli_open *o, const char *arg)
+static int set_cache_size(uint64_t *out, const char *name, const char *arg)
 {
 	uint64_t v;
 
 	if (cli_parse_size(arg, &v) < 0) {
-		cli_error("invalid l2-cache-size '%s'", arg);
+		cli_error("invalid %s '%s'", name, arg);
 		return -EINVAL;
 	}
-	o->l2_cache_size = v;
+	*out = v;
 	return 0;
+}
+
+static int set_l2_cache(struct cli_open *o, const char *arg)
+{
+	return set_cache_size(&o->l2_cache_size, "l2-cache-size", arg);
+}
+
+static int set_rc_cache(struct cli_open *o, const char *arg)
+{
+	return set_cache_size(&o->refcount_cache_size, "refcount-cache-size", arg);
 }
 
 /* "-o l2-cache-size=1M[,...]": the open options uqcow knows. */
@@ -92,8 +102,12 @@ int cli_set_open_options(struct cli_open *o, const char *arg)
 		*val++ = '\0';
 		if (!strcmp(kv, "l2-cache-size") || !strcmp(kv, "l2_cache_size")) {
 			ret = set_l2_cache(o, val);
+		} else if (!strcmp(kv, "refcount-cache-size") ||
+			   !strcmp(kv, "refcount_cache_size")) {
+			ret = set_rc_cache(o, val);
 		} else {
-			cli_error("unknown open option '%s' (known: l2-cache-size)", kv);
+			cli_error("unknown open option '%s' (known: l2-cache-size, "
+				  "refcount-cache-size)", kv);
 			ret = -EINVAL;
 		}
 	}
@@ -110,6 +124,8 @@ int cli_open_option(struct cli_open *o, int opt, const char *arg)
 		return cli_set_cache(o, arg) ? -EINVAL : 1;
 	case CLI_OPT_L2_CACHE:
 		return set_l2_cache(o, arg) ? -EINVAL : 1;
+	case CLI_OPT_RC_CACHE:
+		return set_rc_cache(o, arg) ? -EINVAL : 1;
 	case 'U':
 		/* uqcow takes no image locks, so sharing is always allowed. */
 		return 1;
@@ -147,6 +163,7 @@ int cli_open_image(const char *path, const struct cli_open *o,
 		.backend = o->backend,
 		.format = o->format,
 		.l2_cache_size = o->l2_cache_size,
+		.refcount_cache_size = o->refcount_cache_size,
 	};
 	int ret = uq_open(path, &opts, img);
 

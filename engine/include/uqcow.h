@@ -44,6 +44,9 @@ struct uq_open_opts {
 	unsigned queue_depth;     /* io_uring entries; 0 = 128 */
 	const void *mem_data;     /* UQ_IO_MEM: initial file contents (copied) */
 	size_t mem_len;
+	/* bytes of refcount blocks kept in memory (QEMU's refcount-cache-size);
+	 * 0 = 4 MiB. At least 4 blocks. */
+	uint64_t refcount_cache_size;
 };
 
 /* Message describing the last failure of a uq_ call on this thread,
@@ -332,6 +335,7 @@ enum uq_stat {
 	UQ_STAT_CLUSTERS_ALLOCATED, UQ_STAT_CLUSTERS_FREED,
 	UQ_STAT_COW_COPIES, UQ_STAT_COMPRESSED_WRITES,
 	UQ_STAT_META_FLUSHES,     /* metadata writebacks (each ends in a sync) */
+	UQ_STAT_REFBLOCK_EVICTIONS, /* refcount blocks dropped from the bounded cache */
 
 	UQ_STAT_COUNT
 };

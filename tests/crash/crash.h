@@ -21,6 +21,7 @@ struct cfg {
 	int backing;           /* a raw backing file under the image */
 	uint64_t size;         /* virtual size at creation */
 	uint64_t seed;
+	uint64_t rc_cache;     /* refcount_cache_size; 0: the engine's default */
 };
 
 /* A guest operation, in issue order. Its effect on the guest is what the
@@ -82,6 +83,7 @@ struct run {
 	unsigned samples_per_interval;
 	unsigned qemu_budget;  /* qemu-img checks this run may still do */
 	bool verbose;
+	uint64_t evictions;    /* refcount blocks the workload evicted */
 };
 
 uint64_t rnd(struct run *R);

@@ -378,20 +378,45 @@ struct workload {
 	int backing;
 	unsigned samples;   /* reordered/torn states per interval */
 	void (*fn)(struct run *R);
+	uint64_t rc_cache;  /* refcount_cache_size (1: the 4-block minimum) */
 };
 
+/* Refcount blocks dropped from a 4-block cache, dirty ones written back
+ * mid-request: 9 MiB of 512-byte clusters needs 5 blocks at 1 bit and 290
+ * at 64, so allocation, frees and reuse all run through evictions. */
+static void wl_evict(struct run *R)
+{
+	uint64_t chunk = 512 << 10, end = 9 << 20, off, len;
+
+	for (off = 0; off < end; off += chunk) {
+		g_write(R, off, chunk, 0);
+		if (off / chunk % 4 == 3)
+			g_flush(R);
+	}
+	for (int i = 0; i < 24; i++) {
+		off = pick_clusters(R, 16, &len);
+		if (i % 3 == 2)
+			g_write(R, off, len, 0);
+		else
+			g_discard(R, off, len);
+		if (i % 4 == 3)
+			g_flush(R);
+	}
+}
+
 static const struct workload workloads[] = {
-	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc },
-	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace },
-	{ "cow",      1024, 256 << 10, 1, 8, wl_cow },
-	{ "zero",     512,  128 << 10, 0, 8, wl_zero },
-	{ "discard",  512,  128 << 10, 0, 8, wl_discard },
-	{ "compress", 4096, 256 << 10, 0, 8, wl_compress },
-	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow },
-	{ "l2",       512,  2 << 20,   0, 8, wl_l2 },
-	{ "amend",    1024, 128 << 10, 0, 8, wl_amend },
-	{ "resize",   512,  48 << 10,  0, 8, wl_resize },
-	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot },
+	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0 },
+	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0 },
+	{ "cow",      1024, 256 << 10, 1, 8, wl_cow, 0 },
+	{ "zero",     512,  128 << 10, 0, 8, wl_zero, 0 },
+	{ "discard",  512,  128 << 10, 0, 8, wl_discard, 0 },
+	{ "compress", 4096, 256 << 10, 0, 8, wl_compress, 0 },
+	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow, 0 },
+	{ "l2",       512,  2 << 20,   0, 8, wl_l2, 0 },
+	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0 },
+	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0 },
+	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0 },
+	{ "evict",    512,  10 << 20,  0, 1, wl_evict, 1 },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -403,7 +428,7 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 		   int samples, bool verbose, struct totals *t)
 {
 	struct cfg c = { .cs = w->cs, .bits = bits, .lazy = lazy, .backing = w->backing,
-			 .size = w->size };
+			 .size = w->size, .rc_cache = w->rc_cache };
 	struct run R = { .verbose = verbose, .qemu_budget = 5 };
 	unsigned long states = 0;
 	char snaps[80] = "";
@@ -413,14 +438,21 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	R.samples_per_interval = samples >= 0 ? (unsigned)samples : w->samples;
 	ret = run_start(&R, w->name, &c);
 	if (ret == 0) {
+		struct uq_stats st = { .struct_size = sizeof(st) };
+
 		w->fn(&R);
 		g_flush(&R);
+		if (uq_get_stats(R.img, &st) == 0)
+			R.evictions = st.v[UQ_STAT_REFBLOCK_EVICTIONS];
 		run_close(&R);
 		/* the workload is there to make it grow: a run that didn't
 		 * tested nothing it was meant to */
 		if (w->fn == wl_rcgrow && rcgrow_must_grow(&R) && !R.reftable_grew)
 			fail(&R, "the refcount table did not grow, though the workload "
 			     "wrote past what it covered");
+		if (w->rc_cache && R.evictions == 0)
+			fail(&R, "no refcount block was evicted: the workload tested "
+			     "nothing it was meant to");
 		states = check_crash_states(&R);
 	} else {
 		fail(&R, "could not set up the run (%d)", ret);
@@ -428,6 +460,9 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	if (R.nms)
 		snprintf(snaps, sizeof(snaps), ", %zu snapshots taken, %lu snapshot reads",
 			 R.nms, R.snap_checks);
+	if (w->rc_cache)
+		snprintf(snaps, sizeof(snaps), ", %llu refcount blocks evicted",
+			 (unsigned long long)R.evictions);
 	printf("crash %-8s -s %-3llu bits=%-2u lazy=%d: %5lu crash states (%lu persistence "
 	       "points, %lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops "
 	       "recorded%s%s%s\n", w->name, (unsigned long long)seed, bits, lazy, states,
@@ -487,6 +522,9 @@ int main(int argc, char **argv)
 		matched++;
 		for (size_t b = 0; b < NWIDTHS; b++) {
 			if (bits_only && widths[b] != bits_only)
+				continue;
+			/* evictions: the narrowest, the default and the widest */
+			if (w->rc_cache && widths[b] != 1 && widths[b] != 16 && widths[b] != 64)
 				continue;
 			for (int lazy = 0; lazy < 2; lazy++)
 				for (int r = 0; r < rounds; r++)
