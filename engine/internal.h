@@ -59,8 +59,10 @@ struct uq_rc {
 	uint8_t *block_ref;       /* CLOCK reference bits, by table index */
 	uint64_t nres, cap;       /* blocks in memory; at most cap (0: no bound) */
 	uint64_t hand;            /* CLOCK hand: a table index */
-	uint64_t *frees;          /* clusters whose refcount drops after L2 is on disk */
-	size_t nfrees, frees_cap;
+	/* clusters whose refcount drops after L2 is on disk, as runs: pairs
+	 * (first cluster, count), in the order they were freed */
+	uint64_t *frees;
+	size_t nfrees, frees_cap; /* runs */
 	bool lazy;                /* lazy refcounts: blocks reach disk on close */
 };
 

@@ -405,18 +405,25 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
 	uint64_t first = host_off / cs(img);
 	uint64_t last = (host_off + bytes - 1) / cs(img);
 
-	for (uint64_t c = first; c <= last; c++) {
-		if (img->rc.nfrees == img->rc.frees_cap) {
-			size_t ncap = img->rc.frees_cap ? img->rc.frees_cap * 2 : 64;
-			uint64_t *f = realloc(img->rc.frees, ncap * sizeof(*f));
+	uint64_t *run = img->rc.nfrees ? &img->rc.frees[2 * (img->rc.nfrees - 1)] : NULL;
 
-			if (!f)
-				return -ENOMEM;
-			img->rc.frees = f;
-			img->rc.frees_cap = ncap;
-		}
-		img->rc.frees[img->rc.nfrees++] = c;
+	/* a discard frees clusters in a row: one run, not one entry each */
+	if (run && run[0] + run[1] == first) {
+		run[1] += last - first + 1;
+		return 0;
 	}
+	if (img->rc.nfrees == img->rc.frees_cap) {
+		size_t ncap = img->rc.frees_cap ? img->rc.frees_cap * 2 : 64;
+		uint64_t *f = realloc(img->rc.frees, 2 * ncap * sizeof(*f));
+
+		if (!f)
+			return -ENOMEM;
+		img->rc.frees = f;
+		img->rc.frees_cap = ncap;
+	}
+	img->rc.frees[2 * img->rc.nfrees] = first;
+	img->rc.frees[2 * img->rc.nfrees + 1] = last - first + 1;
+	img->rc.nfrees++;
 	return 0;
 }
 
@@ -432,30 +439,38 @@ static int punch(uq_image *img, uint64_t first, uint64_t n)
 				   strerror((int)-ret)) : 0;
 }
 
+/* Drop one reference to cluster c; a cluster that became free joins the
+ * run being collected, or ends it (punched) and starts the next one. */
+static int free_one(uq_image *img, uint64_t c, uint64_t *run_first, uint64_t *run_n)
+{
+	uint64_t v;
+	int ret = uq_rc_add(img, c, -1);
+
+	if (ret == 0)
+		ret = uq_rc_get(img, c, &v);
+	if (ret || v)
+		return ret;
+	uq_meta_del(img, c * cs(img), cs(img));
+	uq_count(img->ctx, UQ_STAT_CLUSTERS_FREED, 1);
+	if (*run_n && c == *run_first + *run_n) {
+		(*run_n)++;
+		return 0;
+	}
+	ret = punch(img, *run_first, *run_n);
+	*run_first = c;
+	*run_n = 1;
+	return ret;
+}
+
 int uq_rc_apply_frees(uq_image *img)
 {
 	uint64_t run_first = 0, run_n = 0;
 	int ret = 0;
 
 	/* runs once the L2 tables that dropped these clusters are on disk */
-	for (size_t i = 0; i < img->rc.nfrees && ret == 0; i++) {
-		uint64_t v, c = img->rc.frees[i];
-
-		ret = uq_rc_add(img, c, -1);
-		if (ret == 0)
-			ret = uq_rc_get(img, c, &v);
-		if (ret || v)
-			continue;
-		uq_meta_del(img, c * cs(img), cs(img));
-		uq_count(img->ctx, UQ_STAT_CLUSTERS_FREED, 1);
-		if (run_n && c == run_first + run_n) {
-			run_n++;
-			continue;
-		}
-		ret = punch(img, run_first, run_n);
-		run_first = c;
-		run_n = 1;
-	}
+	for (size_t i = 0; i < img->rc.nfrees && ret == 0; i++)
+		for (uint64_t k = 0; k < img->rc.frees[2 * i + 1] && ret == 0; k++)
+			ret = free_one(img, img->rc.frees[2 * i] + k, &run_first, &run_n);
 	if (ret == 0)
 		ret = punch(img, run_first, run_n);
 	img->rc.nfrees = 0;
