@@ -131,7 +131,7 @@ static int amend_check(uq_image *img, const struct uq_amend_opts *o, uint32_t *b
 	if (o->data_file_raw == UQ_AMEND_ON &&
 	    !(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))
 		return uq_seterr(-EINVAL, "data-file-raw cannot be set on existing images");
-	if (*bits != 1u << img->h.refcount_order && want < 3)
+	if (*bits != 1u << img->h.refcount_order && want < 3 && *bits != 16)
 		return uq_seterr(-EINVAL, "Refcount widths other than 16 bits require "
 				 "compatibility level 1.1 or above (use compat=1.1 or "
 				 "greater)");

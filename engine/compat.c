@@ -236,12 +236,14 @@ static int any_compressed(uq_image *img, const uint64_t *tabs, size_t n, bool *y
 /* ---- zero clusters become data or holes ---- */
 
 /*
- * One L2 table without zero flags. An entry that reads zeros keeps doing
- * so in v2:
- * - its cluster is allocated and only this table refers to it: the
- *   cluster is zeroed in place and the flag dropped;
+ * One L2 table without zero flags. A data cluster's refcount counts one
+ * reference per L1 table reaching it, so a table with refcount r gives
+ * each cluster it names r references. An entry that reads zeros keeps
+ * doing so in v2:
+ * - its cluster is allocated and no other table refers to it (refcount
+ *   <= the table's): the cluster is zeroed in place, the flag dropped;
  * - otherwise, without a backing file: the entry becomes unallocated
- *   (reads zeros), and a shared cluster loses this table's reference;
+ *   (reads zeros), and a shared cluster loses this table's references;
  * - otherwise (a backing file would show through): a new zeroed cluster,
  *   with one reference per reference to the table.
  * A shared cluster is never zeroed in place: another table (a snapshot's)
@@ -266,7 +268,7 @@ static int expand_table(uq_image *img, uint64_t l2_off, const uint8_t *zeros)
 		changed = true;
 		if (m.host_off)
 			ret = uq_rc_get(img, uq_cluster_of(img, m.host_off), &rc);
-		if (ret == 0 && m.host_off && rc == 1) {
+		if (ret == 0 && m.host_off && rc <= l2rc) {
 			if (uq_meta_overlaps(img, m.host_off, cs(img)))
 				ret = uq_mark_corrupt(img, "zeros", m.host_off);
 			if (ret == 0)
@@ -274,7 +276,8 @@ static int expand_table(uq_image *img, uint64_t l2_off, const uint8_t *zeros)
 			t[i] &= ~QCOW_OFLAG_ZERO;
 			continue;
 		}
-		if (ret == 0 && m.host_off)
+		/* the references this table's readers held go */
+		for (uint64_t k = 0; ret == 0 && m.host_off && k < l2rc; k++)
 			ret = uq_rc_free_later(img, m.host_off, cs(img));
 		if (ret < 0 || !backed) {
 			t[i] = 0;
