@@ -273,7 +273,8 @@ static int expand_table(uq_image *img, uint64_t l2_off, const uint8_t *zeros)
 				ret = uq_mark_corrupt(img, "zeros", m.host_off);
 			if (ret == 0)
 				ret = uq_meta_pwrite(img, UQ_MK_DATA, zeros, cs(img), m.host_off);
-			t[i] &= ~QCOW_OFLAG_ZERO;
+			t[i] &= ~(QCOW_OFLAG_ZERO | QCOW_OFLAG_COPIED);
+			t[i] |= rc == 1 ? QCOW_OFLAG_COPIED : 0;
 			continue;
 		}
 		/* the references this table's readers held go */
@@ -376,6 +377,10 @@ int uq_compat_downgrade(uq_image *img, const struct uq_progress *p)
 	}
 	free(tabs);
 	free(zeros);
+	/* a shared cluster that lost a reference may now have refcount 1:
+	 * COPIED follows (a crash before this only costs a needless COW) */
+	if (ret == 0)
+		ret = uq_snap_fix_copied(img);
 	if (ret < 0)
 		return uq_seterr(ret, "%s: Failed to turn zero into data clusters: %s",
 				 img->path, uq_errmsg());
