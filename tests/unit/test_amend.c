@@ -58,10 +58,35 @@ static void make_image(void)
 	CHECK(uq_close(img) == 0);
 }
 
+/* The crash suite's rule (tests/crash/crash.c, copied_lag_line): in a
+ * crash window of an operation that drops references to shared clusters,
+ * COPIED may still be clear on a cluster whose refcount is already 1.
+ * Harmless (the next write copies it needlessly) and repaired by check -r;
+ * anything else is a corruption. */
+struct problems {
+	unsigned long lag, other;
+};
+
+static void count_problem(void *arg, const char *line)
+{
+	struct problems *p = arg;
+	size_t n = strlen(line);
+
+	if (strncmp(line, "ERROR", 5))
+		return;   /* leaks are allowed */
+	if (!strncmp(line, "ERROR OFLAG_COPIED ", 19) && n >= 11 &&
+	    !strcmp(line + n - 11, " refcount=1"))
+		p->lag++;
+	else
+		p->other++;
+}
+
 static void expect_intact(uint32_t from, uint32_t to, uint64_t n)
 {
+	struct problems pr = { 0, 0 };
 	struct uq_open_opts o = { .struct_size = sizeof(o), .flags = UQ_OPEN_RDWR };
-	struct uq_check_result r = { .struct_size = sizeof(r) };
+	struct uq_check_result r = { .struct_size = sizeof(r), .report = count_problem,
+				     .arg = &pr };
 	uint32_t v;
 	uq_image *img;
 
@@ -74,11 +99,14 @@ static void expect_intact(uint32_t from, uint32_t to, uint64_t n)
 	CHECK(memcmp(got, want_snap, SIZE) == 0);
 	CHECK(uq_open(path, &o, &img) == 0);
 	CHECK(uq_check(img, 0, &r) == 0);
-	if (r.corruptions || r.check_errors)
-		fprintf(stderr, "change %llu of the amend to v%u failed: %llu corruptions\n",
-			(unsigned long long)n, to, (unsigned long long)r.corruptions);
+	if (pr.other || r.check_errors)
+		fprintf(stderr, "change %llu of the amend to v%u failed: %llu corruptions "
+			"(%lu COPIED lag)\n", (unsigned long long)n, to,
+			(unsigned long long)r.corruptions, pr.lag);
 	CHECK(uq_close(img) == 0);
-	CHECK(r.corruptions == 0 && r.check_errors == 0);
+	CHECK(pr.other == 0 && r.check_errors == 0);
+	/* a finished amend leaves no lag at all */
+	CHECK(n != 0 || r.corruptions == 0);
 }
 
 /* Amend to version with change n failing (0: none); returns how many
