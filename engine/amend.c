@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: MIT
-/* Structural changes in place: the refcount width (amend) and the virtual
- * size (resize). New structures are written first, the header last. */
+/* Structural changes in place: amend (compatibility level, refcount
+ * width, lazy refcounts, data_file_raw) and resize. New structures are
+ * written first, the header last. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "compat.h"
 #include "error.h"
 #include "header.h"
 #include "internal.h"
@@ -62,6 +64,109 @@ int uq_amend_refcount_bits_impl(uq_image *img, uint32_t bits)
 	if (ret == 0)
 		ret = uq_rc_rebuild(img, counts, n, order);
 	free(counts);
+	return ret;
+}
+
+static int set_lazy(uq_image *img, bool on)
+{
+	uint64_t v = on ? img->h.compatible_features | QCOW_COMPAT_LAZY_REFCOUNTS
+			: img->h.compatible_features & ~QCOW_COMPAT_LAZY_REFCOUNTS;
+	int ret = uq_meta_flush(img);
+
+	if (v == img->h.compatible_features)
+		return ret;
+	/* off: what lazy mode held back reaches the disk, the image is
+	 * clean, and only then does the header stop promising a repair */
+	if (ret == 0 && !on && img->rc.lazy) {
+		ret = uq_rc_write_dirty(img);
+		if (ret == 0)
+			ret = io_fsync(img->file);
+		if (ret == 0)
+			ret = uq_header_set_dirty(img, false);
+	}
+	if (ret == 0)
+		ret = uq_header_write_u64(img, QCOW_HDR_COMPAT, v);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret < 0)
+		return ret;
+	img->h.compatible_features = v;
+	img->rc.lazy = on;
+	return 0;
+}
+
+static int clear_data_file_raw(uq_image *img)
+{
+	uint64_t v = img->h.autoclear_features & ~QCOW_AUTOCLEAR_DATA_FILE_RAW;
+	int ret;
+
+	if (v == img->h.autoclear_features)
+		return 0;
+	ret = uq_meta_flush(img);
+	if (ret == 0)
+		ret = uq_header_write_u64(img, QCOW_HDR_AUTOCLEAR, v);
+	if (ret == 0)
+		ret = io_fsync(img->file);
+	if (ret == 0)
+		img->h.autoclear_features = v;
+	return ret;
+}
+
+/* Everything qemu-img refuses, refused before anything is written, in
+ * the order qemu-img meets the refusals. */
+static int amend_check(uq_image *img, const struct uq_amend_opts *o, uint32_t *bits)
+{
+	uint32_t cur = img->h.version, want = o->version ? (uint32_t)o->version : cur;
+
+	if (want != 2 && want != 3)
+		return uq_seterr(-EINVAL, "Unknown compatibility level %d", o->version);
+	*bits = o->refcount_bits ? o->refcount_bits : 1u << img->h.refcount_order;
+	if (*bits > 64 || (*bits & (*bits - 1)))
+		return uq_seterr(-EINVAL, "Refcount width must be a power of two and may "
+				 "not exceed 64 bits");
+	if (o->lazy_refcounts < UQ_AMEND_KEEP || o->lazy_refcounts > UQ_AMEND_ON ||
+	    o->data_file_raw < UQ_AMEND_KEEP || o->data_file_raw > UQ_AMEND_ON)
+		return uq_seterr(-EINVAL, "amend: lazy_refcounts and data_file_raw take "
+				 "UQ_AMEND_KEEP, _OFF or _ON");
+	if (o->data_file_raw == UQ_AMEND_ON &&
+	    !(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW))
+		return uq_seterr(-EINVAL, "data-file-raw cannot be set on existing images");
+	if (*bits != 1u << img->h.refcount_order && want < 3 && *bits != 16)
+		return uq_seterr(-EINVAL, "Refcount widths other than 16 bits require "
+				 "compatibility level 1.1 or above (use compat=1.1 or "
+				 "greater)");
+	if (o->lazy_refcounts == UQ_AMEND_ON && want < 3)
+		return uq_seterr(-EINVAL, "Lazy refcounts only supported with "
+				 "compatibility level 1.1 and above (use compat=1.1 or "
+				 "greater)");
+	if (want < cur)
+		return uq_compat_check_downgrade(img, *bits);
+	return 0;
+}
+
+int uq_amend_impl(uq_image *img, const struct uq_amend_opts *o)
+{
+	struct uq_progress p = { o->progress, o->progress_arg };
+	uint32_t bits = 0, want;
+	int ret = need_writable(img);
+
+	if (ret == 0)
+		ret = amend_check(img, o, &bits);
+	if (ret < 0)
+		return ret;
+	want = o->version ? (uint32_t)o->version : img->h.version;
+	if (want > img->h.version)
+		ret = uq_compat_upgrade(img, &p);
+	if (ret == 0 && bits != 1u << img->h.refcount_order)
+		ret = uq_amend_refcount_bits_impl(img, bits);
+	if (ret == 0 && o->data_file_raw == UQ_AMEND_OFF)
+		ret = clear_data_file_raw(img);
+	if (ret == 0 && o->lazy_refcounts)
+		ret = set_lazy(img, o->lazy_refcounts == UQ_AMEND_ON);
+	if (ret == 0 && want < img->h.version)
+		ret = uq_compat_downgrade(img, &p);
+	if (ret == 0 && p.fn)
+		p.fn(p.arg, 1, 1);
 	return ret;
 }
 

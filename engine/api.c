@@ -5,6 +5,7 @@
  * shows an older call's message. Structs that cross the API carry
  * struct_size: the caller's size is honoured both ways. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -222,6 +223,22 @@ int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
 
 	uq_errclear();
 	ret = uq_amend_refcount_bits_impl(img, bits);
+	return finish(ret, img->path, "amend");
+}
+
+int uq_amend(uq_image *img, const struct uq_amend_opts *opts)
+{
+	struct uq_amend_opts full = { .struct_size = sizeof(full) };
+	int ret;
+
+	uq_errclear();
+	if (!opts || opts->struct_size < offsetof(struct uq_amend_opts, lazy_refcounts))
+		return finish(uq_seterr(-EINVAL, "uq_amend: struct_size too small"),
+			      img->path, "amend");
+	memcpy(&full, opts, opts->struct_size < sizeof(full) ? opts->struct_size
+							     : sizeof(full));
+	full.struct_size = sizeof(full);
+	ret = uq_amend_impl(img, &full);
 	return finish(ret, img->path, "amend");
 }
 

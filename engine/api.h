@@ -34,6 +34,7 @@ int uq_discard_impl(uq_image *img, uint64_t off, uint64_t len);
 int uq_flush_impl(uq_image *img);
 int uq_resize_impl(uq_image *img, uint64_t size);
 int uq_amend_refcount_bits_impl(uq_image *img, uint32_t bits);
+int uq_amend_impl(uq_image *img, const struct uq_amend_opts *o);
 int uq_queue_create_impl(uq_image *img, unsigned depth, uq_queue **out);
 void uq_queue_destroy_impl(uq_queue *q);
 int uq_queue_read_impl(uq_queue *q, void *buf, size_t len, uint64_t off, uq_done_fn cb, void *arg);

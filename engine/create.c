@@ -33,6 +33,21 @@ static size_t put_ext(uint8_t *p, uint32_t type, const void *data, uint32_t len)
 	return 8 + ((len + 7) & ~7u);
 }
 
+size_t uq_feature_table_ext(uint8_t *p)
+{
+	enum { N = sizeof(features) / sizeof(features[0]) };
+	uint8_t t[N * 48] = { 0 };
+
+	if (!p)
+		return 8 + sizeof(t);
+	for (size_t i = 0; i < N; i++) {
+		t[i * 48] = features[i].type;
+		t[i * 48 + 1] = features[i].bit;
+		memcpy(t + i * 48 + 2, features[i].name, strlen(features[i].name));
+	}
+	return put_ext(p, QCOW_EXT_FEATURES, t, (uint32_t)sizeof(t));
+}
+
 static int validate(struct uq_create_opts *o)
 {
 	uint32_t cs = o->cluster_size;
@@ -177,18 +192,8 @@ static int write_image(const char *path, const struct uq_create_opts *o, const c
 		}
 		pos += put_ext(buf + pos, QCOW_EXT_DATA_FILE, o->data_file, l);
 	}
-	size_t ftab = sizeof(features) / sizeof(features[0]) * 48;
-
-	if (o->version >= 3 && pos + 8 + ftab <= room) {
-		uint8_t t[sizeof(features) / sizeof(features[0]) * 48] = { 0 };
-
-		for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
-			t[i * 48] = features[i].type;
-			t[i * 48 + 1] = features[i].bit;
-			memcpy(t + i * 48 + 2, features[i].name, strlen(features[i].name));
-		}
-		pos += put_ext(buf + pos, QCOW_EXT_FEATURES, t, (uint32_t)ftab);
-	}
+	if (o->version >= 3 && pos + uq_feature_table_ext(NULL) <= room)
+		pos += uq_feature_table_ext(buf + pos);
 	uq_put_be32(buf + pos, QCOW_EXT_END);
 	pos += 8;
 	if (o->backing_file) {

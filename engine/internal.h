@@ -185,6 +185,9 @@ int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
 
 /* create.c */
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);
+/* The feature name table extension naming the bits uqcow knows, at p
+ * (NULL: only its size); returns its size in bytes. */
+size_t uq_feature_table_ext(uint8_t *p);
 
 /* snapshot.c: the snapshot table, loaded on open */
 int uq_snaps_load(uq_image *img);

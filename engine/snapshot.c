@@ -177,7 +177,29 @@ static uint64_t round8(uint64_t v) { return (v + 7) & ~7ull; }
  * data we don't know survives. The new table is durable before the one
  * header write (nb_snapshots and snapshots_offset, bytes 60..71) that
  * switches to it; the old table is freed after. */
-static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_raw *add)
+/* An entry as v3 requires it: the 64-bit VM state size and the disk size
+ * in its extra data (disk_size: the image's when the entry has none). */
+static bool lacks_v3(const struct uq_snap *sn)
+{
+	return sn->raw.extra_size < 16;
+}
+
+static struct uq_snapshot_raw v3_entry(const uq_image *img, const struct uq_snap *sn)
+{
+	struct uq_snapshot_raw r = sn->raw;
+
+	r.id = (const uint8_t *)sn->id;
+	r.name = (const uint8_t *)sn->name;
+	r.has_icount = false;
+	if (!r.has_disk_size) {
+		r.has_disk_size = true;
+		r.disk_size = img->size;
+	}
+	return r;
+}
+
+static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_raw *add,
+			 bool v3)
 {
 	uint64_t old_off = img->h.snapshots_offset, old_len = 0, len = 0, off = 0;
 	uint32_t n = 0;
@@ -191,8 +213,18 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 		return (int)addlen;
 	for (uint32_t i = 0; i < img->snap.n; i++) {
 		old_len += img->snap.list[i].raw.entry_len;
-		if (i != skip)
+		if (i == skip)
+			continue;
+		if (v3 && lacks_v3(&img->snap.list[i])) {
+			struct uq_snapshot_raw r = v3_entry(img, &img->snap.list[i]);
+			long l = uq_snapshot_encode(&r, NULL, 0);
+
+			if (l < 0)
+				return (int)l;
+			len += (uint64_t)l;
+		} else {
 			len += round8(img->snap.list[i].raw.entry_len);
+		}
 	}
 	len += (uint64_t)addlen;
 	if (len > QCOW_MAX_SNAPSHOT_TABLE)
@@ -212,7 +244,17 @@ static int replace_table(uq_image *img, uint32_t skip, const struct uq_snapshot_
 	for (uint32_t i = 0; i < img->snap.n; i++) {
 		size_t el = img->snap.list[i].raw.entry_len;
 
-		if (i != skip) {
+		if (i != skip && v3 && lacks_v3(&img->snap.list[i])) {
+			struct uq_snapshot_raw r = v3_entry(img, &img->snap.list[i]);
+			long l = uq_snapshot_encode(&r, buf + pos, len - pos);
+
+			if (l < 0) {
+				ret = (int)l;
+				goto out;
+			}
+			pos += (size_t)l;
+			n++;
+		} else if (i != skip) {
 			memcpy(buf + pos, old + opos, el);   /* padding stays zero */
 			pos += round8(el);
 			n++;
@@ -259,6 +301,15 @@ out:
 	free(old);
 	free(buf);
 	return ret < 0 && touched ? failed(img, ret) : ret;
+}
+
+int uq_snaps_to_v3(uq_image *img)
+{
+	bool need = false;
+
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		need |= lacks_v3(&img->snap.list[i]);
+	return need ? replace_table(img, UINT32_MAX, NULL, true) : 0;
 }
 
 /* ---- public calls ---- */
@@ -414,7 +465,7 @@ static int snapshot_create(uq_image *img, const char *name)
 	s.disk_size = img->size;
 	s.has_disk_size = true;
 	s.has_icount = true;      /* qemu-img writes icount 0 with 24 bytes of extra */
-	ret = replace_table(img, UINT32_MAX, &s);
+	ret = replace_table(img, UINT32_MAX, &s, false);
 	if (ret == 0)
 		ret = rc_sync(img);
 	img->alloc.comp_next = 0;
@@ -538,7 +589,7 @@ static int snapshot_delete(uq_image *img, const char *name_or_id)
 				  name_or_id, i, uq_errmsg());
 	}
 	if (ret == 0)
-		ret = replace_table(img, idx, NULL);
+		ret = replace_table(img, idx, NULL, false);
 	if (ret < 0) {
 		free(l1);
 		return ret;

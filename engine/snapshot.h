@@ -31,4 +31,9 @@ int uq_snap_update_refs(uq_image *img, const uint64_t *l1, uint32_t n, int delta
  * (cached copies are dropped), from the refcounts in memory. */
 int uq_snap_fix_copied(uq_image *img);
 
+/* Rewrite the snapshot table so that every entry has v3's extra data
+ * (64-bit VM state size, disk size); entries without a disk size get the
+ * image's. Crash safe as every table change. No-op if none lacks it. */
+int uq_snaps_to_v3(uq_image *img);
+
 #endif

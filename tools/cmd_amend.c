@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* uqcow amend: change a qcow2 image's options in place, as qemu-img
- * amend does. The refcount width is what uqcow can change. */
+ * amend does: compat, refcount_bits, lazy_refcounts, data_file_raw, size. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -16,53 +16,77 @@ static bool creation_only(enum imgopt_key k)
 	       k == IMGOPT_PREALLOCATION || k == IMGOPT_COMPRESSION_TYPE;
 }
 
-/* Everything but refcount_bits (and compat left as it is) is refused
- * before the image is opened for writing. */
+/* Keys qemu-img can amend and uqcow can't (yet), refused before the
+ * image is opened for writing. data_file is checked once the image is
+ * open: qemu-img's refusal depends on the image. */
 static int check_keys(const struct imgopts *io)
 {
 	for (int k = 0; k < IMGOPT_NKEYS; k++) {
-		if (!imgopts_has(io, (enum imgopt_key)k) ||
-		    k == IMGOPT_REFCOUNT_BITS || k == IMGOPT_COMPAT)
+		enum imgopt_key key = (enum imgopt_key)k;
+
+		if (!imgopts_has(io, key) || key == IMGOPT_REFCOUNT_BITS ||
+		    key == IMGOPT_COMPAT || key == IMGOPT_LAZY_REFCOUNTS ||
+		    key == IMGOPT_DATA_FILE_RAW || key == IMGOPT_SIZE ||
+		    key == IMGOPT_DATA_FILE)
 			continue;
-		if (creation_only((enum imgopt_key)k))
+		if (creation_only(key))
 			cli_error("Invalid parameter '%s': this option is only "
-				  "supported for image creation", imgopts_key_name((enum imgopt_key)k));
+				  "supported for image creation", imgopts_key_name(key));
 		else
-			cli_error("amend: changing '%s' is not supported (uqcow "
-				  "amends refcount_bits only)", imgopts_key_name((enum imgopt_key)k));
+			cli_error("amend: changing '%s' is not supported by uqcow",
+				  imgopts_key_name(key));
 		return -ENOTSUP;
 	}
 	return 0;
 }
 
-static int check_compat(const char *path, const char *val, uint32_t version)
+static int parse_compat(const char *val, int *version)
 {
-	uint32_t want;
-
 	if (!strcmp(val, "0.10") || !strcmp(val, "v2"))
-		want = 2;
+		*version = 2;
 	else if (!strcmp(val, "1.1") || !strcmp(val, "v3"))
-		want = 3;
+		*version = 3;
 	else {
-		cli_error("%s: Parameter 'compat' does not accept value '%s' (0.10, "
-			  "1.1, v2 or v3)", path, val);
+		cli_error("Unknown compatibility level %s", val);
 		return -EINVAL;
 	}
-	if (want != version) {
-		cli_error("%s: amend: changing compat from %s to %s is not supported",
-			  path, version == 2 ? "0.10" : "1.1", want == 2 ? "0.10" : "1.1");
-		return -ENOTSUP;
-	}
 	return 0;
+}
+
+static int switch_of(const struct imgopts *io, enum imgopt_key k)
+{
+	bool b = false;
+
+	if (!imgopts_has(io, k))
+		return UQ_AMEND_KEEP;
+	imgopts_bool(io->val[k], &b);   /* checked when parsed */
+	return b ? UQ_AMEND_ON : UQ_AMEND_OFF;
+}
+
+static void progress_cb(void *arg, uint64_t done, uint64_t total)
+{
+	struct cli_progress *p = arg;
+
+	if (!total)
+		return;
+	/* steps of the engine's own size, drawn as a share of 10000 */
+	done = done * 10000 / total;
+	if (done > p->done)
+		cli_progress_add(p, done - p->done);
 }
 
 static int amend(const char *path, const struct imgopts *io,
-		 const struct cli_open *o)
+		 const struct cli_open *o, bool show_progress)
 {
+	struct uq_amend_opts ao = { .struct_size = sizeof(ao) };
+	struct cli_progress prog;
 	struct uq_info *in = NULL;
 	uq_image *img = NULL;
 	int ret;
 
+	if (imgopts_has(io, IMGOPT_COMPAT) &&
+	    (ret = parse_compat(io->val[IMGOPT_COMPAT], &ao.version)) < 0)
+		return ret;
 	ret = cli_open_image(path, o, UQ_OPEN_RDWR, &img);
 	if (ret == 0)
 		ret = cli_get_info(img, path, &in);
@@ -73,25 +97,41 @@ static int amend(const char *path, const struct imgopts *io,
 		ret = -ENOTSUP;
 		goto out;
 	}
-	if (imgopts_has(io, IMGOPT_COMPAT) &&
-	    (ret = check_compat(path, io->val[IMGOPT_COMPAT], in->version)) < 0)
+	if (imgopts_has(io, IMGOPT_DATA_FILE)) {
+		if (!in->data_file[0])
+			cli_error("data-file can only be set for images that use an "
+				  "external data file");
+		else
+			cli_error("amend: changing 'data_file' is not supported by uqcow");
+		ret = -ENOTSUP;
 		goto out;
-	if (imgopts_has(io, IMGOPT_REFCOUNT_BITS) &&
-	    io->num[IMGOPT_REFCOUNT_BITS] != in->refcount_bits) {
+	}
+	if (imgopts_has(io, IMGOPT_REFCOUNT_BITS)) {
 		uint64_t bits = io->num[IMGOPT_REFCOUNT_BITS];
 
 		if (bits < 1 || bits > 64 || (bits & (bits - 1))) {
-			cli_error("%s: Refcount width must be a power of two and may "
-				  "not exceed 64 bits", path);
+			cli_error("Refcount width must be a power of two and may "
+				  "not exceed 64 bits");
 			ret = -EINVAL;
 			goto out;
 		}
-		ret = uq_amend_refcount_bits(img, (uint32_t)bits);
-		if (ret < 0) {
-			cli_error_uq(ret, path);
-			goto out;
-		}
+		ao.refcount_bits = (uint32_t)bits;
 	}
+	ao.lazy_refcounts = switch_of(io, IMGOPT_LAZY_REFCOUNTS);
+	ao.data_file_raw = switch_of(io, IMGOPT_DATA_FILE_RAW);
+	cli_progress_start(&prog, show_progress, 10000);
+	ao.progress = progress_cb;
+	ao.progress_arg = &prog;
+	ret = uq_amend(img, &ao);
+	/* qemu-img amend changes the size last, through the same open */
+	if (ret == 0 && imgopts_has(io, IMGOPT_SIZE))
+		ret = uq_resize(img, io->num[IMGOPT_SIZE]);
+	if (ret == 0)
+		cli_progress_end(&prog);
+	else if (show_progress)
+		fputc('\n', stderr);
+	if (ret < 0)
+		cli_error_uq(ret, path);
 out:
 	if (img) {
 		int r = uq_close(img);
@@ -107,11 +147,18 @@ out:
 
 static void amend_help(void)
 {
-	printf("Amend options for 'qcow2':\n"
-	       "  %-22s - %s\n  %-22s - %s\n",
-	       "compat=<str>", "Compatibility level (v2 [0.10] or v3 [1.1]); "
-	       "only the current one", "refcount_bits=<num>",
-	       "Width of a reference count entry in bits");
+	static const char *const lines[][2] = {
+		{ "compat=<str>", "Compatibility level (v2 [0.10] or v3 [1.1])" },
+		{ "data_file_raw=<bool (on/off)>", "The external data file must stay "
+		  "valid as a raw image (can only be turned off)" },
+		{ "lazy_refcounts=<bool (on/off)>", "Postpone refcount updates" },
+		{ "refcount_bits=<num>", "Width of a reference count entry in bits" },
+		{ "size=<size>", "Virtual disk size" },
+	};
+
+	printf("Amend options for 'qcow2':\n");
+	for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+		printf("  %-22s - %s\n", lines[i][0], lines[i][1]);
 }
 
 static int run(int argc, char **argv, const struct cli_open *defaults)
@@ -122,6 +169,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	};
 	struct cli_open o = *defaults;
 	struct imgopts io;
+	bool show_progress = false;
 	const char *path;
 	char **optv = calloc((size_t)argc + 1, sizeof(*optv));
 	int noptv = 0, c, ret = -EINVAL;
@@ -148,8 +196,11 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			optv[noptv++] = optarg;
 			break;
 		case 'p':
+			show_progress = true;
+			break;
 		case 'q':
-			break;   /* the rewrite is quick; no progress to show */
+			show_progress = false;
+			break;
 		default:
 			free(optv);
 			return cli_opt_error(&cmd_amend, c, argv);
@@ -175,7 +226,7 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	}
 	ret = check_keys(&io);
 	if (!ret)
-		ret = amend(path, &io, &o);
+		ret = amend(path, &io, &o, show_progress);
 out:
 	free(optv);
 	imgopts_free(&io);
@@ -184,16 +235,22 @@ out:
 
 const struct cli_verb cmd_amend = {
 	.name = "amend",
-	.summary = "change a qcow2 image's refcount width (qemu-img amend)",
+	.summary = "change a qcow2 image's options in place (qemu-img amend)",
 	.run = run,
-	.synopsis = "amend [-f qcow2] [-t CACHE] -o refcount_bits=N[,compat=V] "
-		    "FILE",
+	.synopsis = "amend [-f qcow2] [-t CACHE] [-p] [-q] -o OPTIONS FILE",
 	.help =
 	"  -f FMT         image format (qcow2; default: probe)\n"
-	"  -o OPTIONS     refcount_bits=N (1, 2, 4, 8, 16, 32 or 64); compat is\n"
-	"                 accepted when it names the image's current level\n"
+	"  -o OPTIONS     compat=0.10|1.1 (also v2|v3), refcount_bits=N (1, 2,\n"
+	"                 4, 8, 16, 32 or 64), lazy_refcounts=on|off,\n"
+	"                 data_file_raw=off, size=SIZE; -o help lists them\n"
 	"  -t MODE        cache mode; none opens with O_DIRECT\n"
-	"  -p, -q         accepted for qemu-img compatibility\n"
-	"\nThe new refcount structures are written first and the header\n"
-	"switched last, so a crash leaves either width, never a mix.\n",
+	"  -p             show progress (compat=0.10 rewrites every L2 table)\n"
+	"  -q             quiet\n"
+	"\ncompat=0.10 needs 16-bit refcounts, no external data file, no\n"
+	"extended L2 entries and no zstd-compressed clusters; zero clusters\n"
+	"(in snapshots too) become zeroed data or holes. Changes run in\n"
+	"qemu-img's order (upgrade, refcount width, data_file_raw, lazy\n"
+	"refcounts, downgrade, size); each writes new structures first and\n"
+	"switches the header last, so a crash leaves the old image or the new\n"
+	"one (at worst with leaked clusters).\n",
 };

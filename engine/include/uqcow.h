@@ -199,6 +199,33 @@ int uq_resize(uq_image *img, uint64_t size);
  * safe: new structures first, the header switch last. */
 int uq_amend_refcount_bits(uq_image *img, uint32_t bits);
 
+/* What uq_amend changes; a zero field leaves that option as it is. */
+enum uq_amend_switch {
+	UQ_AMEND_KEEP = 0,
+	UQ_AMEND_OFF = 1,
+	UQ_AMEND_ON = 2,
+};
+
+struct uq_amend_opts {
+	size_t struct_size;        /* sizeof(struct uq_amend_opts) */
+	int version;               /* 2 (compat=0.10) or 3 (compat=1.1); 0 keep */
+	uint32_t refcount_bits;    /* 1..64, a power of two; 0 keep */
+	int lazy_refcounts;        /* enum uq_amend_switch (v3 only) */
+	int data_file_raw;         /* enum uq_amend_switch: only off can change */
+	/* called as the work proceeds: done of total steps; may be NULL */
+	void (*progress)(void *arg, uint64_t done, uint64_t total);
+	void *progress_arg;
+};
+
+/* qemu-img amend for qcow2: everything is checked before anything is
+ * written (refusals worded as qemu-img's); then v2 -> v3, the refcount
+ * width, data_file_raw, lazy refcounts, v3 -> v2, in QEMU's order. Each
+ * change is crash safe: new structures durable first, header last.
+ * Going to v2 expands zero clusters (in snapshots' tables too) and needs
+ * 16-bit refcounts, no external data file, no extended L2 entries, and
+ * no zstd-compressed clusters. */
+int uq_amend(uq_image *img, const struct uq_amend_opts *opts);
+
 /* ---- more queues: one per thread driving the same image ---- */
 
 /* A queue (its own io_uring) for the calling thread. Reads may be issued

@@ -669,7 +669,7 @@ def amend_misc(root):
     run(['qemu-img', 'create', '-q', '-f', 'qcow2', 'm.qcow2', '1M'], d)
     run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '1M'], d)
     for args, want in ((['-o', 'compat=1.1', 'm.qcow2'], 0), (['-o', 'compat=v3', 'm.qcow2'], 0),
-                       (['-o', 'compat=0.10', 'm.qcow2'], 1), (['-o', 'compat=0.10', 'v2.qcow2'], 0),
+                       (['-o', 'compat=0.10', 'm.qcow2'], 0), (['-o', 'compat=0.10', 'v2.qcow2'], 0),
                        (['-o', 'refcount_bits=16', 'm.qcow2'], 0),
                        (['-o', 'cluster_size=4k', 'm.qcow2'], 1),
                        (['-o', 'lazy_refcounts=on', 'm.qcow2'], 1), (['-o', 'foo=1', 'm.qcow2'], 1),
