@@ -17,7 +17,7 @@
 #define UQ_DEFAULT_L2_CACHE_MAX (32ull << 20) /* maps 256 GiB at 64 KiB clusters */
 #define UQ_DEFAULT_QUEUE_DEPTH 128
 #define UQ_DEFAULT_REFCOUNT_CACHE (4ull << 20) /* see README, "Refcount cache" */
-#define UQ_MIN_REFCOUNT_BLOCKS 4
+#define UQ_MIN_REFCOUNT_BLOCKS 2
 #define UQ_DIRECT_ALIGN 4096
 
 /* Finished guest requests waiting to be reported by uq_poll. */

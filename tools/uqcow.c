@@ -53,7 +53,7 @@ static void usage(FILE *f)
 	      "  --l2-cache-size=SIZE      L2 table cache (default: the whole\n"
 	      "                            image, up to 32 MiB)\n"
 	      "  --refcount-cache-size=SIZE  refcount blocks kept in memory\n"
-	      "                            (default 4 MiB; at least 4 blocks)\n"
+	      "                            (default 4 MiB; at least 2 blocks)\n"
 	      "  -U, --force-share         accepted for qemu-img compatibility\n"
 	      "  -h, --help                this text\n"
 	      "  -V, --version             print the version\n"

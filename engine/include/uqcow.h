@@ -45,7 +45,7 @@ struct uq_open_opts {
 	const void *mem_data;     /* UQ_IO_MEM: initial file contents (copied) */
 	size_t mem_len;
 	/* bytes of refcount blocks kept in memory (QEMU's refcount-cache-size);
-	 * 0 = 4 MiB. At least 4 blocks. */
+	 * 0 = 4 MiB. At least 2 blocks. */
 	uint64_t refcount_cache_size;
 };
 

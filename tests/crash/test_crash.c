@@ -378,22 +378,22 @@ struct workload {
 	int backing;
 	unsigned samples;   /* reordered/torn states per interval */
 	void (*fn)(struct run *R);
-	uint64_t rc_cache;  /* refcount_cache_size (1: the 4-block minimum) */
+	uint64_t rc_cache;  /* refcount_cache_size (1: the 2-block minimum) */
 };
 
-/* Refcount blocks dropped from a 4-block cache, dirty ones written back
- * mid-request: 9 MiB of 512-byte clusters needs 5 blocks at 1 bit and 290
+/* Refcount blocks dropped from a 2-block cache, dirty ones written back
+ * mid-request: 5 MiB of 512-byte clusters needs 3 blocks at 1 bit and 160
  * at 64, so allocation, frees and reuse all run through evictions. */
 static void wl_evict(struct run *R)
 {
-	uint64_t chunk = 512 << 10, end = 9 << 20, off, len;
+	uint64_t chunk = 512 << 10, end = 5 << 20, off, len;
 
 	for (off = 0; off < end; off += chunk) {
 		g_write(R, off, chunk, 0);
 		if (off / chunk % 4 == 3)
 			g_flush(R);
 	}
-	for (int i = 0; i < 24; i++) {
+	for (int i = 0; i < 16; i++) {
 		off = pick_clusters(R, 16, &len);
 		if (i % 3 == 2)
 			g_write(R, off, len, 0);
@@ -416,7 +416,7 @@ static const struct workload workloads[] = {
 	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0 },
 	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0 },
 	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0 },
-	{ "evict",    512,  10 << 20,  0, 1, wl_evict, 1 },
+	{ "evict",    512,  6 << 20,   0, 1, wl_evict, 1 },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
