@@ -28,13 +28,14 @@ static char *backing_path(const char *image, const char *backing)
 }
 
 /* qemu-img opens the backing file to check it (and to take its size
- * when none is given), unless -u says not to. */
+ * when none is given), unless -u says not to. Force-share, as qemu-img
+ * does: a VM may be writing the backing file; it is only looked at. */
 static int check_backing(const char *path, struct imgopts *io,
 			 const struct cli_open *defaults, bool need_size)
 {
 	struct uq_open_opts oo = {
 		.struct_size = sizeof(oo),
-		.flags = UQ_OPEN_NO_BACKING,
+		.flags = UQ_OPEN_NO_BACKING | UQ_OPEN_FORCE_SHARE,
 		.backend = defaults->backend,
 	};
 	char *full = backing_path(path, io->val[IMGOPT_BACKING_FILE]);
