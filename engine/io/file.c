@@ -84,6 +84,7 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 	struct fd_file *ff;
 	struct stat st;
 	int oflags = O_CLOEXEC, fd, ret, why_none;
+	bool lockable;
 
 	*out = NULL;
 	if (flags & IO_CREATE)
@@ -113,8 +114,12 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 		ret = -EISDIR;
 		goto fail;
 	}
-	/* before anything is read or written through it */
-	ret = io_lock_open(fd, path, flags, &why_none);
+	/* Before anything is read or written through it. Only files and
+	 * block devices hold images: a character device (/dev/null as a
+	 * convert target) is anyone's, and nobody's image. */
+	lockable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
+	why_none = 0;
+	ret = lockable ? io_lock_open(fd, path, flags, &why_none) : 0;
 	if (ret < 0) {
 		close(fd);
 		uq_errprefix(path);   /* lock.c said why */
@@ -134,7 +139,7 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 	}
 	io_file_init(&ff->file, &fd_ops, flags, flags & IO_DIRECT ? direct_align(fd, &st) : 1);
 	ff->fd = fd;
-	ff->file.locked = why_none == 0;
+	ff->file.locked = lockable && why_none == 0;
 	ff->file.lock_err = why_none;
 	*out = &ff->file;
 	return 0;
