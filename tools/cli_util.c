@@ -186,6 +186,24 @@ int cli_open_image(const char *path, const struct cli_open *o,
 	return 0;
 }
 
+int cli_lock_output(const char *path, uq_image **hold)
+{
+	/* raw, whatever the file holds now: it is about to be replaced */
+	struct uq_open_opts opts = {
+		.struct_size = sizeof(opts),
+		.flags = UQ_OPEN_RDWR,
+		.backend = UQ_IO_PSYNC,
+		.format = UQ_FMT_RAW,
+	};
+	int ret = uq_open(path, &opts, hold);
+
+	if (ret < 0) {
+		*hold = NULL;
+		cli_error_uq(ret, path);
+	}
+	return ret;
+}
+
 int cli_set_output(bool *json, const char *arg)
 {
 	if (!strcmp(arg, "json"))

@@ -15,7 +15,8 @@ image open while another program tries it:
                messages, qemu-img info -U and qemu-io -r -U work;
   readers      write against read both ways, read against read, -U readers
                don't keep writers out;
-  two-uqcow    two uqcow processes; create refuses an image in use;
+  two-uqcow    two uqcow processes; create (qcow2 and raw) and convert
+               refuse to overwrite an image in use;
   backing      a writer's backing file is locked as a reader's;
   force-share  -U with a writable open is refused, as in qemu-img;
   no-ofd       (with --noofd) where fcntl has no OFD locks, uqcow opens
@@ -281,8 +282,18 @@ def t_qemu_writer(e):
                  ['convert', '-O', 'qcow2'], ['compare']):
         extra = {'convert': ['out.qcow2'], 'compare': ['a.qcow2']}.get(verb[0], [])
         e.refused(e.uq(*verb, 'a.qcow2', *extra), 'a.qcow2', *UQ_SHARED_LOCK)
+    # nothing truncates it: create, and raw output the CLI writes itself
     e.refused(e.uq('create', '-f', 'qcow2', 'a.qcow2', '1M'), 'a.qcow2',
               'Failed to get "write" lock')
+    e.refused(e.uq('create', '-f', 'raw', 'a.qcow2', '1M'), 'a.qcow2',
+              'Failed to get "write" lock')
+    e.qimg('src.qcow2', '1M')
+    e.refused(e.uq('convert', '-O', 'raw', 'src.qcow2', 'a.qcow2'), 'a.qcow2',
+              'Failed to get "write" lock')
+    e.refused(e.uq('convert', '-O', 'qcow2', 'src.qcow2', 'a.qcow2'), 'a.qcow2',
+              'Failed to get "write" lock')
+    # a character device is nobody's image: not locked
+    e.ok(e.uq('convert', '-O', 'raw', 'src.qcow2', '/dev/null'))
     # -U reads while qemu writes: what qemu flushed reads back
     h.cmd('write -P 7 6M 64k', 'wrote 65536/65536')
     h.cmd('flush')
@@ -369,6 +380,7 @@ def t_two_uqcow(e):
     e.refused(e.uq('check', '-r', 'all', 'a.qcow2'), *UQ_WRITE_LOCK)
     # create truncates nothing that is in use
     e.refused(e.uq('create', '-f', 'qcow2', 'a.qcow2', '1M'), 'Failed to get "write" lock')
+    e.refused(e.uq('create', '-f', 'raw', 'a.qcow2', '1M'), 'Failed to get "write" lock')
     e.ok(e.uq('io', '-r', '-U', '-c', 'read 0 4k', 'a.qcow2'))
     e.release(h)
     h = e.hold('uqcow', ['-r'], 'a.qcow2', RO)
