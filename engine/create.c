@@ -89,7 +89,10 @@ static int validate(struct uq_create_opts *o)
 static int probe_backing(const char *path, struct uq_create_opts *o, char *fmt, size_t fmtlen)
 {
 	char *dir = uq_dirname(path), *full = NULL;
-	struct uq_open_opts oo = { .struct_size = sizeof(oo), .flags = UQ_OPEN_NO_BACKING };
+	/* force-share, as qemu-img create: the backing file may be in use,
+	 * by a VM that writes it, and it is only looked at */
+	struct uq_open_opts oo = { .struct_size = sizeof(oo),
+				   .flags = UQ_OPEN_NO_BACKING | UQ_OPEN_FORCE_SHARE };
 	struct uq_info info;
 	uq_image *b;
 	int ret;
@@ -213,11 +216,10 @@ static int write_image(const char *path, const struct uq_create_opts *o, const c
 		if (ret < 0)
 			goto out;
 	}
+	/* locked before it truncates: refused if someone uses the file */
 	ret = io_file_open(path, IO_RDWR | IO_CREATE, &f);
-	if (ret < 0) {
-		uq_seterr(ret, "%s", strerror(-ret));
-		goto out;
-	}
+	if (ret < 0)
+		goto out;   /* io named the file and why */
 	ret = io_pwrite_full(f, buf, cs, 0);
 	/* refcount table: block i at cluster 1 + tc + i */
 	memset(buf, 0, cs);
@@ -265,12 +267,14 @@ static int create_data_file(const char *path, const struct uq_create_opts *o)
 	if (!full)
 		return -ENOMEM;
 	ret = io_file_open(full, IO_RDWR | IO_CREATE, &f);
-	if (ret == 0) {
+	if (ret < 0) {
+		uq_errprefix("data file");   /* io named the file and why */
+	} else {
 		ret = io_file_truncate(f, o->size);
 		io_file_close(f);
+		if (ret < 0)
+			uq_seterr(ret, "data file %s: %s", full, strerror(-ret));
 	}
-	if (ret < 0)
-		uq_seterr(ret, "data file %s: %s", full, strerror(-ret));
 	free(full);
 	return ret;
 }
@@ -311,7 +315,7 @@ int uq_create_impl(const char *path, const struct uq_create_opts *opts)
 		}
 	}
 	if (ret < 0)
-		uq_errprefix(path);
+		uq_errname(path);
 	return ret;
 }
 

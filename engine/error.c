@@ -49,6 +49,14 @@ void uq_errprefix(const char *prefix)
 	one_line(errbuf);
 }
 
+void uq_errname(const char *path)
+{
+	size_t n = strlen(path);
+
+	if (strncmp(errbuf, path, n) || strncmp(errbuf + n, ": ", 2))
+		uq_errprefix(path);
+}
+
 void uq_errclear(void)
 {
 	errbuf[0] = '\0';

@@ -12,6 +12,10 @@ int uq_seterr(int err, const char *fmt, ...)
 /* Prefix the current message with "prefix: " (e.g. the file name). */
 void uq_errprefix(const char *prefix);
 
+/* uq_errprefix(path) unless the message starts with "path: " already (a
+ * lower layer, such as io_file_open, named the file). */
+void uq_errname(const char *path);
+
 void uq_errclear(void);
 
 #endif

@@ -203,10 +203,16 @@ static int open_backing(uq_image *img, const struct open_args *a)
 	return 0;
 }
 
+/* How the image's files are opened, and so locked (io/lock.c). */
+static unsigned io_flags(const uq_image *img)
+{
+	return (img->flags & UQ_OPEN_RDWR ? IO_RDWR : 0) |
+	       (img->flags & UQ_OPEN_DIRECT ? IO_DIRECT : 0) |
+	       (img->flags & UQ_OPEN_FORCE_SHARE ? IO_SHARE : 0);
+}
+
 static int open_data_file(uq_image *img, const struct open_args *a)
 {
-	unsigned ioflags = (img->flags & UQ_OPEN_RDWR ? IO_RDWR : 0) |
-			   (img->flags & UQ_OPEN_DIRECT ? IO_DIRECT : 0);
 	const char *name = img->exts->data_file;
 	int ret;
 
@@ -228,12 +234,12 @@ static int open_data_file(uq_image *img, const struct open_args *a)
 	if (a->o->backend == UQ_IO_MEM)
 		return uq_seterr(-ENOTSUP, "data file: external data files can't be "
 				 "opened from memory");
-	ret = io_file_open(img->data_file_path, ioflags, &img->data);
+	ret = io_file_open(img->data_file_path, io_flags(img), &img->data);
 	if (ret == 0)
 		ret = counted(&img->data);
 	if (ret < 0)
-		return uq_seterr(ret, "data file %s: %s", img->data_file_path, strerror(-ret));
-	return 0;
+		uq_errprefix("data file");   /* io named the file and why */
+	return ret;
 }
 
 /* The header cluster: header and extensions live in it. Read 64 KiB, and
@@ -373,19 +379,18 @@ static int open_one(const char *path, enum uq_format fmt, const struct open_args
 		ret = -ENOMEM;
 		goto fail;
 	}
-	unsigned ioflags = (img->flags & UQ_OPEN_RDWR ? IO_RDWR : 0) |
-			   (img->flags & UQ_OPEN_DIRECT ? IO_DIRECT : 0);
-
-	if (o->backend == UQ_IO_MEM && a->depth == 0)
-		ret = io_file_open_mem(o->mem_data, o->mem_len, ioflags, &img->file);
-	else
-		ret = io_file_open(path, ioflags, &img->file);
+	if (o->backend == UQ_IO_MEM && a->depth == 0) {
+		ret = io_file_open_mem(o->mem_data, o->mem_len, io_flags(img), &img->file);
+		if (ret < 0)
+			uq_seterr(ret, "%s", strerror(-ret));
+	} else {
+		/* locked from here on; a refusal names the file already */
+		ret = io_file_open(path, io_flags(img), &img->file);
+	}
 	if (ret == 0)
 		ret = counted(&img->file);
-	if (ret < 0) {
-		uq_seterr(ret, "%s", strerror(-ret));
+	if (ret < 0)
 		goto fail;
-	}
 	ret = chain_check(img, a, &me);
 	if (ret < 0)
 		goto fail;
@@ -419,7 +424,7 @@ fail:
 	free(head);
 	/* the top image names itself; inner links already named theirs */
 	if (a->depth == 0 || strncmp(uq_errmsg(), "backing file: ", 14))
-		uq_errprefix(path);
+		uq_errname(path);
 	uq_close_impl(img);
 	return ret;
 }
@@ -436,6 +441,10 @@ int uq_open_impl(const char *path, const struct uq_open_opts *opts, uq_image **o
 	uq_errclear();
 	if (opts)
 		memcpy(&o, opts, opts->struct_size < sizeof(o) ? opts->struct_size : sizeof(o));
+	/* sharing the write permission with others and writing: never */
+	if ((o.flags & UQ_OPEN_FORCE_SHARE) && (o.flags & UQ_OPEN_RDWR))
+		return uq_seterr(-EINVAL, "%s: force-share can only be used with "
+				 "read-only images", path);
 	if (o.backend == UQ_IO_URING)
 		force = "io_uring";
 	else if (o.backend == UQ_IO_PSYNC || o.backend == UQ_IO_MEM)
@@ -532,6 +541,9 @@ int uq_get_info_impl(uq_image *img, struct uq_info *out)
 		out->actual_size = img->file_size;
 	copy_str(out->filename, sizeof(out->filename), img->path);
 	out->backend = io_backend_name(img->ctx->q);
+	out->locked = img->file->locked && (!img->data || img->data->locked);
+	out->lock_error = img->file->lock_err ? img->file->lock_err :
+			  img->data ? img->data->lock_err : 0;
 	if (img->fmt != UQ_FMT_QCOW2)
 		return 0;
 	out->version = img->h.version;

@@ -90,6 +90,12 @@ int cli_set_open_options(struct cli_open *o, const char *arg);
 int cli_open_image(const char *path, const struct cli_open *o,
 		   unsigned extra_flags, uq_image **img);
 
+/* For output the command line writes itself (raw files): hold path's
+ * image locks as a writer, through the library, while it does. Call it
+ * on the open file before truncating it; on a conflict (or any failure)
+ * prints why and returns -errno. uq_close(*hold) releases them. */
+int cli_lock_output(const char *path, uq_image **hold);
+
 /* --output=human|json: sets *json. */
 int cli_set_output(bool *json, const char *arg);
 

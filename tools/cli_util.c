@@ -127,7 +127,8 @@ int cli_open_option(struct cli_open *o, int opt, const char *arg)
 	case CLI_OPT_RC_CACHE:
 		return set_rc_cache(o, arg) ? -EINVAL : 1;
 	case 'U':
-		/* uqcow takes no image locks, so sharing is always allowed. */
+		/* read-only opens share everything; writable ones refuse it */
+		o->flags |= UQ_OPEN_FORCE_SHARE;
 		return 1;
 	default:
 		return 0;
@@ -154,6 +155,28 @@ int cli_image_option(struct cli_open *o, int opt, const char *arg, bool dash_o)
 	}
 }
 
+/* Say once per run that some file of img's chain holds no image locks
+ * because its file system can't lock: QEMU's users of the image go
+ * undetected, both ways. */
+static void warn_unlocked(uq_image *img)
+{
+	static bool warned;
+	struct uq_info *in;
+
+	if (warned || !(in = malloc(sizeof(*in))))
+		return;
+	for (; img && !warned; img = uq_backing(img)) {
+		in->struct_size = sizeof(*in);
+		if (uq_get_info(img, in) < 0 || !in->lock_error)
+			continue;
+		cli_error("warning: %s: no OFD locks here (%s): opened without image "
+			  "locking, so other programs using it aren't detected",
+			  in->filename, strerror(in->lock_error));
+		warned = true;
+	}
+	free(in);
+}
+
 int cli_open_image(const char *path, const struct cli_open *o,
 		   unsigned extra_flags, uq_image **img)
 {
@@ -169,6 +192,31 @@ int cli_open_image(const char *path, const struct cli_open *o,
 
 	if (ret < 0) {
 		*img = NULL;
+		/* -EAGAIN: another process holds the image (uqcow.h) */
+		if (ret == -EAGAIN && !(opts.flags & UQ_OPEN_FORCE_SHARE) && *uq_errmsg())
+			cli_error("%s -U (--force-share) opens it read-only without "
+				  "this lock.", uq_errmsg());
+		else
+			cli_error_uq(ret, path);
+		return ret;
+	}
+	warn_unlocked(*img);
+	return 0;
+}
+
+int cli_lock_output(const char *path, uq_image **hold)
+{
+	/* raw, whatever the file holds now: it is about to be replaced */
+	struct uq_open_opts opts = {
+		.struct_size = sizeof(opts),
+		.flags = UQ_OPEN_RDWR,
+		.backend = UQ_IO_PSYNC,
+		.format = UQ_FMT_RAW,
+	};
+	int ret = uq_open(path, &opts, hold);
+
+	if (ret < 0) {
+		*hold = NULL;
 		cli_error_uq(ret, path);
 	}
 	return ret;

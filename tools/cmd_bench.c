@@ -408,7 +408,7 @@ const struct cli_verb cmd_bench = {
 	.run = run,
 	.synopsis = "bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N [--no-drain]]\n"
 		    "             [-i io_uring|psync] [-o OFFSET] [--pattern=N] [-q] [-s SIZE]\n"
-		    "             [-S STEP] [-t CACHE] [-w] [--random] [--output=human|json] FILE",
+		    "             [-S STEP] [-t CACHE] [-U] [-w] [--random] [--output=human|json] FILE",
 	.help =
 		"Sends COUNT requests of SIZE bytes, DEPTH of them in flight at once,\n"
 		"starting at OFFSET and advancing by STEP (wrapping inside the image),\n"
@@ -423,6 +423,8 @@ const struct cli_verb cmd_bench = {
 		"  -S STEP              offset increment (default SIZE)\n"
 		"  -t CACHE             none (O_DIRECT) or writeback (default)\n"
 		"  -w                   write instead of read\n"
+		"  -U, --force-share    read without the image locks that keep out writers\n"
+		"                       (qemu-img -U; not with -w)\n"
 		"  --pattern=N          byte written by -w (default 0)\n"
 		"  --flush-interval=N   flush after every N writes\n"
 		"  --no-drain           don't wait for in-flight writes before a flush\n"

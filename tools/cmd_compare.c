@@ -342,7 +342,7 @@ const struct cli_verb cmd_compare = {
 	.summary = "compare two images' contents (qemu-img compare)",
 	.run = run,
 	.synopsis = "compare [-f FMT] [-F FMT] [-T CACHE] [-p] [-q] [-s] "
-		    "[-l SNAPSHOT] [-L SNAPSHOT] A B",
+		    "[-l SNAPSHOT] [-L SNAPSHOT] [-U] A B",
 	.help =
 	"  -f FMT         format of A: qcow2 or raw (default: probe)\n"
 	"  -F FMT         format of B (default: probe)\n"
@@ -353,6 +353,9 @@ const struct cli_verb cmd_compare = {
 	"  -l SNAPSHOT    compare internal snapshot SNAPSHOT of A (name or ID,\n"
 	"                 or snapshot.id=ID[,snapshot.name=NAME])\n"
 	"  -L SNAPSHOT    the same for B\n"
+	"  -U, --force-share\n"
+	"                 open both without the image locks that keep out\n"
+	"                 writers (qemu-img -U): they may change as they are read\n"
 	"\nWithout -s, images of different sizes are identical when the larger\n"
 	"one reads as zeros past the end of the smaller.\n"
 	"Exit status: 0 identical, 1 different, 2 error.\n",

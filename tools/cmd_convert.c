@@ -386,7 +386,8 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 	}
 	imgopts_init(&c.opts, "qcow2");
 	c.dst_open = *defaults;
-	c.dst_open.flags &= ~UQ_OPEN_DIRECT;
+	/* -U is the source's: the target is written */
+	c.dst_open.flags &= ~(UQ_OPEN_DIRECT | UQ_OPEN_FORCE_SHARE);
 	while ((ch = getopt_long(argc, argv, ":hf:O:o:pqt:T:l:s:cm:WnU", longopts,
 				 NULL)) != -1) {
 		int r = cli_open_option(&o, ch, optarg);
@@ -504,7 +505,7 @@ const struct cli_verb cmd_convert = {
 		   "(qemu-img convert)",
 	.run = run,
 	.synopsis = "convert [-f FMT] [-O raw|qcow2] [-o OPTIONS] [-c] [-p] [-q] "
-		    "[-T SRC_CACHE] [-t DST_CACHE] [-m N] [-l SNAPSHOT] SRC DST",
+		    "[-T SRC_CACHE] [-t DST_CACHE] [-m N] [-l SNAPSHOT] [-U] SRC DST",
 	.help =
 	"  -f FMT         source format: qcow2 or raw (default: probe)\n"
 	"  -O FMT         output format: raw (default) or qcow2\n"
@@ -518,6 +519,9 @@ const struct cli_verb cmd_convert = {
 	"                 final flush\n"
 	"  -m N           buffers in flight, 1 to 64 (default 16)\n"
 	"  -W             accepted: writes are always out of order\n"
+	"  -U, --force-share\n"
+	"                 open the source without the image locks that keep\n"
+	"                 out writers (qemu-img -U): it may change as it is read\n"
 	"  -l SNAPSHOT    copy a snapshot's contents: a name or ID, or\n"
 	"                 snapshot.id=ID[,snapshot.name=NAME]; the output has\n"
 	"                 the snapshot's own disk size (qemu-img: the current)\n"

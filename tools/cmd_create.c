@@ -28,13 +28,14 @@ static char *backing_path(const char *image, const char *backing)
 }
 
 /* qemu-img opens the backing file to check it (and to take its size
- * when none is given), unless -u says not to. */
+ * when none is given), unless -u says not to. Force-share, as qemu-img
+ * does: a VM may be writing the backing file; it is only looked at. */
 static int check_backing(const char *path, struct imgopts *io,
 			 const struct cli_open *defaults, bool need_size)
 {
 	struct uq_open_opts oo = {
 		.struct_size = sizeof(oo),
-		.flags = UQ_OPEN_NO_BACKING,
+		.flags = UQ_OPEN_NO_BACKING | UQ_OPEN_FORCE_SHARE,
 		.backend = defaults->backend,
 	};
 	char *full = backing_path(path, io->val[IMGOPT_BACKING_FILE]);
@@ -98,6 +99,7 @@ static int write_zeros(int fd, uint64_t size)
 
 static int create_raw(const char *path, uint64_t size, enum uq_prealloc pre)
 {
+	uq_image *hold;
 	int fd, ret = 0;
 
 	if (pre == UQ_PREALLOC_METADATA) {
@@ -105,13 +107,19 @@ static int create_raw(const char *path, uint64_t size, enum uq_prealloc pre)
 			  "'metadata' for raw (off, falloc or full)", path);
 		return -EINVAL;
 	}
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* no O_TRUNC: the file may be an image someone uses; the locks say */
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0) {
 		ret = -errno;
 		cli_error("%s: Could not create '%s': %s", path, path, strerror(-ret));
 		return ret;
 	}
-	if (ftruncate(fd, (off_t)size) < 0)
+	ret = cli_lock_output(path, &hold);
+	if (ret < 0) {
+		close(fd);
+		return ret;
+	}
+	if (ftruncate(fd, 0) < 0 || ftruncate(fd, (off_t)size) < 0)
 		ret = -errno;
 	else if (pre == UQ_PREALLOC_FALLOC && size)
 		ret = -posix_fallocate(fd, 0, (off_t)size);
@@ -121,6 +129,7 @@ static int create_raw(const char *path, uint64_t size, enum uq_prealloc pre)
 		ret = -errno;
 	if (close(fd) < 0 && !ret)
 		ret = -errno;
+	uq_close(hold);   /* after the fd: the written file stays ours to the end */
 	if (ret < 0)
 		cli_error("%s: Could not resize file or preallocate: %s", path,
 			  strerror(-ret));

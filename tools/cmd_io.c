@@ -318,12 +318,35 @@ static int do_map(struct io_ctx *x, int argc, char **argv)
 	return 0;
 }
 
+/* qemu-io's sleep: wait MS milliseconds with the image open (and its
+ * locks held), e.g. to hold it while another program tries it. */
+static int do_sleep(struct io_ctx *x, int argc, char **argv)
+{
+	struct timespec t;
+	char *end;
+	unsigned long long ms;
+
+	(void)x;
+	(void)argc;
+	errno = 0;
+	ms = strtoull(argv[1], &end, 10);
+	if (errno || end == argv[1] || *end || argv[1][0] == '-')
+		return io_cmd_usage("sleep", "milliseconds",
+				    "invalid number of milliseconds: %s", argv[1]);
+	t.tv_sec = (time_t)(ms / 1000);
+	t.tv_nsec = (long)(ms % 1000) * 1000000;
+	while (nanosleep(&t, &t) < 0 && errno == EINTR)
+		;
+	return 0;
+}
+
 static const struct io_cmd commands[] = {
 	{ "read", "r", 2, -1, false, do_read, READ_ARGS },
 	{ "map", NULL, 0, 0, false, do_map, "" },
 	{ "write", "w", 2, -1, true, io_do_write, WRITE_ARGS },
 	{ "discard", "d", 2, -1, true, io_do_discard, DISCARD_ARGS },
 	{ "flush", "f", 0, 0, true, io_do_flush, "" },
+	{ "sleep", NULL, 1, 1, false, do_sleep, "milliseconds" },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -514,10 +537,14 @@ const struct cli_verb cmd_io = {
 	.name = "io",
 	.summary = "run qemu-io style commands on an image (qemu-io)",
 	.run = run,
-	.synopsis = "io [-r] [-f FMT] [-t CACHE | -n] [-i BACKEND] [--stats] -c CMD "
+	.synopsis = "io [-r [-U]] [-f FMT] [-t CACHE | -n] [-i BACKEND] [--stats] -c CMD "
 		    "[-c CMD ...] FILE",
 	.help =
 	"  -r             open read-only (default: read-write)\n"
+	"  -U, --force-share\n"
+	"                 with -r: without the image locks that keep out writers\n"
+	"                 (qemu-io -U): works while another process writes the\n"
+	"                 image, which may change as it is read\n"
 	"  -f FMT         qcow2 or raw (default: probe)\n"
 	"  -c CMD         run CMD; may repeat (without -c: read from stdin)\n"
 	"  -t MODE, -n    cache mode; none / -n open with O_DIRECT\n"
@@ -535,6 +562,7 @@ const struct cli_verb cmd_io = {
 	"                 clusters), -f flush after (FUA), -q no report\n"
 	"  discard [-Cq] off len   free the clusters (read back as zeros)\n"
 	"  flush          write metadata and sync\n"
+	"  sleep MS       wait MS milliseconds, holding the image open\n"
 	"\nOffsets and lengths take k, M, G, T suffixes. Exit status 1 if any\n"
 	"command failed.\n",
 };

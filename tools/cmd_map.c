@@ -284,7 +284,7 @@ const struct cli_verb cmd_map = {
 	.summary = "print the allocation map (qemu-img map)",
 	.run = run,
 	.synopsis = "map [-f FMT] [--output=human|json] [--start-offset=OFF] "
-		    "[--max-length=LEN] [-l SNAPSHOT] FILE",
+		    "[--max-length=LEN] [-l SNAPSHOT] [-U] FILE",
 	.help =
 	"  -f FMT              image format: qcow2 or raw (default: probe)\n"
 	"  --output=FMT        human (default: data extents and the file\n"
@@ -294,6 +294,10 @@ const struct cli_verb cmd_map = {
 	"  -l SNAPSHOT         map an internal snapshot instead of the active\n"
 	"                      state: a name or ID (an ID match wins), or\n"
 	"                      snapshot.id=ID[,snapshot.name=NAME] as in convert\n"
+	"  -U, --force-share   read-only without the image locks that keep out\n"
+	"                      writers (qemu-img -U): works while another\n"
+	"                      process writes the image, which may change as\n"
+	"                      it is read\n"
 	"  -o l2-cache-size=SIZE, --l2-cache-size=SIZE\n"
 	"                      L2 table cache size\n"
 	"  -t MODE, --cache=MODE\n"

@@ -197,7 +197,7 @@ const struct cli_verb cmd_snapshot = {
 	.name = "snapshot",
 	.summary = "list, create, apply or delete internal snapshots (qemu-img snapshot)",
 	.run = run,
-	.synopsis = "snapshot [-f FMT] [-q] [-l | -c NAME | -a SNAPSHOT | -d SNAPSHOT] FILE",
+	.synopsis = "snapshot [-f FMT] [-q] [-U] [-l | -c NAME | -a SNAPSHOT | -d SNAPSHOT] FILE",
 	.help =
 	"  -l             list the snapshots (the default)\n"
 	"  -c NAME        create a snapshot of the current disk state\n"
@@ -205,6 +205,9 @@ const struct cli_verb cmd_snapshot = {
 	"  -d SNAPSHOT    delete SNAPSHOT\n"
 	"  -f FMT         image format: qcow2 (default: probe)\n"
 	"  -q             quiet (accepted; only errors are printed)\n"
+	"  -U, --force-share\n"
+	"                 with -l: list without the image locks that keep out\n"
+	"                 writers (qemu-img -U), while another process writes\n"
 	"  --io=io_uring|psync, --cache=none|writeback\n"
 	"\nSNAPSHOT is an ID or a name: an ID match wins, else the first snapshot\n"
 	"with that name. Snapshots need refcount_bits >= 2; each one adds a\n"

@@ -59,7 +59,7 @@ struct conv {
 	struct imgopts opts;      /* -o, for qcow2 output */
 	struct cli_open dst_open; /* backend and cache for qcow2 output */
 	int fd;                   /* raw output */
-	uq_image *out_img;        /* qcow2 output */
+	uq_image *out_img;        /* qcow2 output; raw: holds its image locks */
 	uint64_t out_size;        /* its virtual size (rounded up to 512) */
 	struct slot slots[CONV_MAX_DEPTH];
 	unsigned nslots, busy, reads, writes;

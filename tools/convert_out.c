@@ -17,17 +17,29 @@ static int raw_create(struct conv *c)
 {
 	struct stat st;
 
-	c->fd = open(c->dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int ret;
+
+	/* no O_TRUNC: the file may be an image someone uses; the locks say */
+	c->fd = open(c->dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	if (c->fd < 0) {
 		int err = -errno;
 
 		cli_error("%s: cannot create: %s", c->dst, strerror(-err));
 		return err;
 	}
+	ret = cli_lock_output(c->dst, &c->out_img);
+	if (ret < 0)
+		return ret;
 	if (fstat(c->fd, &st) < 0) {
 		int err = -errno;
 
 		cli_error("%s: %s", c->dst, strerror(-err));
+		return err;
+	}
+	if (S_ISREG(st.st_mode) && st.st_size && ftruncate(c->fd, 0) < 0) {
+		int err = -errno;
+
+		cli_error("%s: cannot truncate: %s", c->dst, strerror(-err));
 		return err;
 	}
 	/* A regular file can hold holes: size it, then write only data. A
@@ -73,6 +85,10 @@ static int raw_close(struct conv *c, bool sync)
 {
 	int ret = 0;
 
+	if (c->out_img) {
+		uq_close(c->out_img);   /* its locks; our fd did the writing */
+		c->out_img = NULL;
+	}
 	if (c->fd < 0)
 		return 0;
 	/* EINVAL: a special file (/dev/null) that has nothing to sync. */

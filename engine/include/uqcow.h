@@ -34,6 +34,11 @@ enum uq_format {
  * accepted, the write state is set up by uq_check once it has looked at
  * the image, and guest writes through this handle are refused. */
 #define UQ_OPEN_REPAIR     (1u << 3)
+/* Read-only, sharing every permission with other users of the image, as
+ * qemu-img -U (--force-share): only QEMU's "consistent read" lock byte is
+ * held, so the open works while another process writes the image, and
+ * may see it change underneath. With UQ_OPEN_RDWR: -EINVAL. */
+#define UQ_OPEN_FORCE_SHARE (1u << 4)
 
 struct uq_open_opts {
 	size_t struct_size;       /* sizeof(struct uq_open_opts): lets the ABI grow */
@@ -48,6 +53,19 @@ struct uq_open_opts {
 	 * 0 = 4 MiB. At least 2 blocks. */
 	uint64_t refcount_cache_size;
 };
+
+/* Image locking. uq_open locks every file it opens (the image, its data
+ * file and backing files) as QEMU does: OFD byte-range locks on bytes
+ * 100 + permission bit and 200 + bit (block/file-posix.c), held until
+ * uq_close. A writable open holds "consistent read", "write" and
+ * "resize" and shares only "consistent read" and "write unchanged"; a
+ * read-only open (and every backing file) holds "consistent read" and
+ * shares all but "write" and "resize"; UQ_OPEN_FORCE_SHARE holds
+ * "consistent read" and shares everything. If another process (or another
+ * open in this one) holds the image in a conflicting way, uq_open fails
+ * with -EAGAIN and uq_errmsg() names the file and the permission. Where
+ * the file system has no OFD locks the open goes on unlocked: see
+ * uq_info.lock_error. */
 
 /* Message describing the last failure of a uq_ call on this thread,
  * "" if none. Every call clears it first, so it never describes an older
@@ -87,6 +105,12 @@ struct uq_info {
 	char backing_format[32];
 	char data_file[1024];
 	const char *backend;       /* "io_uring", "psync" or "mem" */
+	/* 1 if the image's file (and its data file) holds its image locks;
+	 * 0 for a memory file, or where the file system can't lock: then
+	 * lock_error is the errno that said so (EINVAL: the kernel has no
+	 * OFD locks), and nobody else's use of the image is detected. */
+	int locked;
+	int lock_error;
 };
 
 int uq_get_info(uq_image *img, struct uq_info *out);

@@ -83,14 +83,20 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 {
 	struct fd_file *ff;
 	struct stat st;
-	int oflags = O_CLOEXEC, fd, ret;
+	int oflags = O_CLOEXEC, fd, ret, why_none;
+	bool lockable;
 
 	*out = NULL;
 	if (flags & IO_CREATE)
 		flags |= IO_RDWR;   /* O_TRUNC on a read-only fd is undefined */
+	if ((flags & IO_SHARE) && (flags & IO_RDWR))
+		return uq_seterr(-EINVAL, "%s: force-share can only be used with "
+				 "read-only images", path);
 	oflags |= flags & IO_RDWR ? O_RDWR : O_RDONLY;
+	/* No O_TRUNC: the file may be another process's image, and we only
+	 * know once it is locked (below). */
 	if (flags & IO_CREATE)
-		oflags |= O_CREAT | O_TRUNC | (flags & IO_EXCL ? O_EXCL : 0);
+		oflags |= O_CREAT | (flags & IO_EXCL ? O_EXCL : 0);
 	if (flags & IO_DIRECT)
 		oflags |= O_DIRECT;
 	do
@@ -108,6 +114,24 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 		ret = -EISDIR;
 		goto fail;
 	}
+	/* Before anything is read or written through it. Only files and
+	 * block devices hold images: a character device (/dev/null as a
+	 * convert target) is anyone's, and nobody's image. */
+	lockable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
+	why_none = 0;
+	ret = lockable ? io_lock_open(fd, path, flags, &why_none) : 0;
+	if (ret < 0) {
+		close(fd);
+		uq_errprefix(path);   /* lock.c said why */
+		return ret;
+	}
+	if ((flags & IO_CREATE) && S_ISREG(st.st_mode) && st.st_size > 0)
+		while ((ret = ftruncate(fd, 0)) < 0 && errno == EINTR)
+			;
+	if (ret < 0) {
+		ret = -errno;
+		goto fail;
+	}
 	ff = calloc(1, sizeof(*ff));
 	if (!ff) {
 		ret = -ENOMEM;
@@ -115,6 +139,8 @@ int io_file_open(const char *path, unsigned flags, struct io_file **out)
 	}
 	io_file_init(&ff->file, &fd_ops, flags, flags & IO_DIRECT ? direct_align(fd, &st) : 1);
 	ff->fd = fd;
+	ff->file.locked = lockable && why_none == 0;
+	ff->file.lock_err = why_none;
 	*out = &ff->file;
 	return 0;
 fail:
@@ -124,6 +150,9 @@ fail:
 
 static void fd_close(struct io_file *f)
 {
+	/* now, not whenever a ring that registered the fd lets it go */
+	if (f->locked)
+		io_lock_release(fd_of(f));
 	close(fd_of(f));
 	free(f);
 }

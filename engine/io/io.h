@@ -69,6 +69,7 @@ struct io_req {
 #define IO_CREATE (1u << 1)  /* create or truncate (O_CREAT|O_TRUNC) */
 #define IO_DIRECT (1u << 2)  /* O_DIRECT; misaligned reads bounce */
 #define IO_EXCL   (1u << 3)  /* with IO_CREATE: fail if it exists */
+#define IO_SHARE  (1u << 4)  /* read-only, sharing everything (qemu's -U) */
 
 /*
  * The ops table. Every op returns 0 or -errno. The dispatchers below check
@@ -118,6 +119,11 @@ struct io_file {
 	/* Unique for the life of the process: lets a queue that registered
 	 * this file tell it from a later file that reused the fd number. */
 	uint64_t id;
+	/* Image locks, fixed at open: true while the file holds them. A file
+	 * that should but can't (no OFD locks on its file system) has
+	 * lock_err, the errno that said so; a memory file has neither. */
+	bool locked;
+	int lock_err;
 };
 
 struct io_backend {
@@ -155,13 +161,42 @@ static inline int io_reap(struct io_queue *q, unsigned min) { return q->be->reap
 static inline unsigned io_pending(struct io_queue *q) { return q->be->pending(q); }
 static inline const char *io_backend_name(struct io_queue *q) { return q->be->name; }
 
-/* Opening. A memory file holds a copy of data; it works with every backend
- * (inline). io_mem_set_limit makes growing it past bytes fail with ENOSPC
- * (0: no limit); -EINVAL on a file that isn't a memory file. */
+/* Opening. io_file_open locks the file as QEMU locks its image files
+ * (lock.c) before anything reads or writes it: a conflict fails with
+ * -EAGAIN and a message naming the permission; IO_CREATE truncates only
+ * once the locks are held. Where the file system has no OFD locks the
+ * open goes on without them (lock_err). Its messages start with the path.
+ * A memory file holds a copy of data and has no locks; it works with
+ * every backend (inline). io_mem_set_limit makes growing it past bytes
+ * fail with ENOSPC (0: no limit); -EINVAL on a file that isn't a memory
+ * file. */
 int io_file_open(const char *path, unsigned flags, struct io_file **f);
 int io_file_open_mem(const void *data, size_t len, unsigned flags, struct io_file **f);
 int io_mem_set_limit(struct io_file *f, uint64_t bytes);
 void io_file_close(struct io_file *f);
+
+/* Image locks (lock.c), QEMU's block-layer permission bits: byte 100+i
+ * is held while having bit i, byte 200+i while refusing to share it. */
+#define IO_PERM_CONSISTENT_READ (1u << 0)
+#define IO_PERM_WRITE           (1u << 1)
+#define IO_PERM_WRITE_UNCHANGED (1u << 2)
+#define IO_PERM_RESIZE          (1u << 3)
+#define IO_PERM_ALL             0xfu
+
+/* On fd, an open file description of path: hold perm and refuse to share
+ * what shared lacks, then check that no other open file description (in
+ * this process or another) conflicts. 0: held, or *why_none set to the
+ * errno that says the file system can't lock (nothing held). -EAGAIN on a
+ * conflict, with a message naming path and the permission; nothing held.
+ * The locks go when the description is closed. */
+int io_lock_take(int fd, const char *path, unsigned perm, unsigned shared,
+		 int *why_none);
+/* io_lock_take with what an open with these IO_* flags takes. */
+int io_lock_open(int fd, const char *path, unsigned flags, int *why_none);
+/* Drop every image lock the description holds. Closing fd isn't enough
+ * when io_uring registered it: the ring keeps the description, and its
+ * locks, until the ring is torn down, which the kernel finishes later. */
+void io_lock_release(int fd);
 
 /* Dispatchers over the table (ops.c): what engine code calls. They run
  * inline, without a queue. */

@@ -24,6 +24,8 @@ void io_file_init(struct io_file *f, const struct io_file_ops *ops, unsigned fla
 	f->inner = NULL;
 	f->flags = flags;
 	f->align = align;
+	f->locked = false;
+	f->lock_err = 0;
 	f->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
 }
 

@@ -11,6 +11,9 @@ void io_wrap_init(struct io_file *outer, const struct io_file_ops *ops,
 	/* a fresh id: io_uring must not take the wrapper for its inner file */
 	io_file_init(outer, ops, inner->flags, inner->align);
 	outer->inner = inner;
+	/* the locks are the inner file's, held as long as it is open */
+	outer->locked = inner->locked;
+	outer->lock_err = inner->lock_err;
 }
 
 int io_fwd_read(struct io_file *f, void *buf, size_t len, uint64_t off)
