@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bitmap.h"
 #include "error.h"
 #include "internal.h"
 #include "overlap.h"
@@ -238,6 +239,9 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 		return ret;
 	uq_geom_init(&img->h, &img->g);
 	img->size = img->h.size;
+	ret = uq_bm_load_dir(img);
+	if (ret < 0)
+		return ret;
 	ret = load_l1(img);
 	if (ret < 0)
 		return ret;
@@ -428,6 +432,7 @@ int uq_close_impl(uq_image *img)
 	if (img->file)
 		io_file_close(img->file);
 	uq_snaps_release(img);
+	uq_bm_release(img);
 	free(img->l1);
 	free(img->exts);
 	free(img->backing_name);
