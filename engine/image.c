@@ -491,6 +491,9 @@ int uq_get_info_impl(uq_image *img, struct uq_info *out)
 	out->data_file_raw = !!(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW);
 	out->has_bitmaps = img->exts->has_bitmaps;
 	out->nb_snapshots = img->snap.n;
+	out->nb_bitmaps = img->bm.n;
+	copy_str(out->bitmaps_problem, sizeof(out->bitmaps_problem),
+		 img->bm.bad ? img->bm.why : "");
 	copy_str(out->backing_file, sizeof(out->backing_file), img->backing_name);
 	copy_str(out->backing_full, sizeof(out->backing_full), img->backing_path);
 	if (img->exts->has_backing_fmt)
