@@ -432,3 +432,55 @@ int uq_bm_finish(uq_image *img)
 	img->bm.tracking = 0;
 	return uq_bm_commit(img, NULL, NULL, 0);
 }
+
+/* ---- resize ---- */
+
+int uq_bm_resize_begin(uq_image *img)
+{
+	bool any = false;
+	int ret = 0;
+
+	for (uint32_t i = 0; ret == 0 && i < img->bm.n; i++) {
+		struct uq_bm *b = &img->bm.list[i];
+
+		/* an inconsistent bitmap may have a stale size: it stays so */
+		if ((b->flags & QCOW_BMF_IN_USE) && !b->track)
+			continue;
+		ret = uq_bm_load_data(img, b);
+		b->flags |= QCOW_BMF_IN_USE;
+		any = true;
+	}
+	/* in use while the size changes: a crash can't leave a bitmap that
+	 * looks valid but doesn't fit the disk */
+	return ret < 0 || !any ? ret : uq_bm_commit(img, NULL, NULL, 0);
+}
+
+int uq_bm_resize_end(uq_image *img)
+{
+	bool any = false;
+
+	for (uint32_t i = 0; i < img->bm.n; i++) {
+		struct uq_bm *b = &img->bm.list[i];
+		uint64_t bytes = uq_bm_data_bytes(img->size, b->gran_bits);
+		uint64_t nbits = (img->size + (1ull << b->gran_bits) - 1) >> b->gran_bits;
+		uint8_t *d;
+
+		if (!b->data)
+			continue;
+		d = realloc(b->data, bytes ? (size_t)bytes : 1);
+		if (!d)
+			return -ENOMEM;
+		if (bytes > b->data_bytes)   /* the new part of the disk is clean */
+			memset(d + b->data_bytes, 0, (size_t)(bytes - b->data_bytes));
+		if (nbits & 7)
+			d[bytes - 1] &= (uint8_t)((1u << (nbits & 7)) - 1);
+		img->bm.mem = img->bm.mem - b->data_bytes + bytes;
+		b->data = d;
+		b->data_bytes = bytes;
+		b->changed = true;
+		if (!b->track)
+			b->flags &= ~QCOW_BMF_IN_USE;
+		any = true;
+	}
+	return any ? uq_bm_commit(img, NULL, NULL, 0) : 0;
+}

@@ -63,6 +63,12 @@ void uq_bm_set_range(struct uq_bm *b, uint64_t vsize, uint64_t off, uint64_t len
 int uq_bm_commit(uq_image *img, const uint64_t *free_off, const uint64_t *free_len,
 		 size_t nfree);
 
+/* Around a change of the virtual size: load every consistent bitmap and
+ * mark it in use; then fit the bits to img->size (the new part clean),
+ * write them and clear in_use on those this handle doesn't track. */
+int uq_bm_resize_begin(uq_image *img);
+int uq_bm_resize_end(uq_image *img);
+
 /* The bitmap named name, or NULL. */
 struct uq_bm *uq_bm_find(uq_image *img, const char *name);
 
