@@ -341,8 +341,25 @@ def case_resize(env):
     env.clean(img, 'qemu after shrink')
 
 
+def case_snapshot(env):
+    """Snapshot apply is refused while the image has bitmaps, as qemu-img
+    7.2 refuses it (disabled ones too); create is fine."""
+    img = env.create('snap.qcow2')
+    env.uio(img, 'write 1M 64k')
+    env.uq('snapshot', '-c', 's1', img)
+    env.qimg('bitmap', '--add', '--disable', img, 'b0')
+    env.uq('snapshot', '-c', 's2', img)
+    q = env.qimg('snapshot', '-a', 's1', img, ok=False)
+    p = env.uq('snapshot', '-a', 's1', img, ok=False)
+    want(q.returncode == 1 and p.returncode == 1 and
+         'Device has active dirty bitmaps' in q.stderr and
+         'Device has active dirty bitmaps' in p.stderr,
+         'snapshot apply with bitmaps: qemu %r, uqcow %r' % (q.stderr, p.stderr))
+    env.clean(img, 'after refused apply')
+
+
 CASES = [('reader', case_reader), ('survive', case_survive), ('uqcow_add', case_uqcow_add),
-         ('in_use', case_in_use), ('resize', case_resize)]
+         ('in_use', case_in_use), ('resize', case_resize), ('snapshot', case_snapshot)]
 
 
 def main():
