@@ -358,8 +358,61 @@ def case_snapshot(env):
     env.clean(img, 'after refused apply')
 
 
+def set_refcount(img, host_off, value):
+    """16-bit refcounts: the entry of host_off's cluster in the first block."""
+    with open(img, 'r+b') as f:
+        d = f.read(1 << 20)
+        cs = 1 << struct.unpack('>I', d[20:24])[0]
+        rt, = struct.unpack('>Q', d[48:56])
+        f.seek(rt)
+        rb, = struct.unpack('>Q', f.read(8))
+        f.seek(rb + 2 * (host_off // cs))
+        f.write(struct.pack('>H', value))
+
+
+def bitmap_clusters(img):
+    """(directory, table, first data cluster) offsets of the first bitmap."""
+    with open(img, 'rb') as f:
+        d = f.read()
+    off = struct.unpack('>I', d[100:104])[0]
+    while True:
+        t, n = struct.unpack('>II', d[off:off + 8])
+        if t == BITMAPS_EXT:
+            doff, = struct.unpack('>Q', d[off + 24:off + 32])
+            break
+        off += 8 + ((n + 7) & ~7)
+    toff, = struct.unpack('>Q', d[doff:doff + 8])
+    data, = struct.unpack('>Q', d[toff:toff + 8])
+    return doff, toff, data & 0x00fffffffffffe00
+
+
+def case_check(env):
+    """uqcow check counts bitmap clusters as qemu-img check does: the same
+    lines for refcounts too low and too high on the directory, a table and
+    bitmap data; -r all leaves an image qemu-img finds clean, bitmaps kept."""
+    base = env.create('check.qcow2')
+    env.qimg('bitmap', '--add', base, 'b0')
+    env.qio(base, 'write 0 64k', 'write 5M 4k')
+    bits = read_bitmaps(base)['b0']['bits']
+    for i, host in enumerate(bitmap_clusters(base)):
+        for value in (0, 2):
+            img = env.path('check-%d-%d.qcow2' % (i, value))
+            shutil.copy(base, img)
+            set_refcount(img, host, value)
+            q = env.qimg('check', img, ok=False)
+            u = env.uq('check', img, ok=False)
+            want(q.returncode == u.returncode and q.stdout == u.stdout,
+                 'check of refcount %d at 0x%x: qemu (exit %d)\n%s\nuqcow (exit %d)\n%s%s'
+                 % (value, host, q.returncode, q.stdout, u.returncode, u.stdout, u.stderr))
+            env.uq('check', '-r', 'all', img, ok=False)
+            env.clean(img, 'after uqcow check -r all (refcount %d at 0x%x)' % (value, host))
+            want_bits(env, img, 'b0', bits, 'after repair')
+            want(env.info_bitmaps(img) == {'b0': (['auto'], 65536)}, 'bitmap after repair')
+
+
 CASES = [('reader', case_reader), ('survive', case_survive), ('uqcow_add', case_uqcow_add),
-         ('in_use', case_in_use), ('resize', case_resize), ('snapshot', case_snapshot)]
+         ('in_use', case_in_use), ('resize', case_resize), ('snapshot', case_snapshot),
+         ('check', case_check)]
 
 
 def main():
