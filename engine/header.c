@@ -99,19 +99,36 @@ static int rebuild_exts(uq_image *img, uint32_t nb, uint64_t dsize, uint64_t dof
 	if (ret < 0)
 		goto out;
 	memcpy(buf, old, (size_t)hl);
-	/* uq_exts_decode walked this area at open: each one fits before end */
-	for (uint64_t off = hl; off + 8 <= img->exts->end;) {
-		uint32_t type = uq_be32(old + off), n = uq_be32(old + off + 4);
-		uint64_t step = 8 + (((uint64_t)n + 7) & ~7ull);
+	/* The feature name table only names bits: like qemu, leave it out
+	 * when the cluster (512 bytes, say) has no room for it. */
+	for (int keep_names = 1; keep_names >= 0; keep_names--) {
+		uint64_t need = hl + (nb ? 32 : 0) + 8 + (boff ? bsize : 0);
 
-		if (type == QCOW_EXT_END || off + step > cs)
-			break;
-		if (type != QCOW_EXT_BITMAPS) {
-			memcpy(buf + pos, old + off, (size_t)step);
-			pos += step;
+		pos = hl;
+		/* uq_exts_decode walked this area at open: each one fits */
+		for (uint64_t off = hl; off + 8 <= img->exts->end;) {
+			uint32_t type = uq_be32(old + off), n = uq_be32(old + off + 4);
+			uint64_t step = 8 + (((uint64_t)n + 7) & ~7ull);
+
+			if (type == QCOW_EXT_END || off + step > cs)
+				break;
+			if (type != QCOW_EXT_BITMAPS &&
+			    (keep_names || type != QCOW_EXT_FEATURES)) {
+				if (pos + step + need - hl <= cs)
+					memcpy(buf + pos, old + off, (size_t)step);
+				pos += step;
+			}
+			off += step;
 		}
-		off += step;
+		if (pos + need - hl <= cs)
+			break;
+		if (!keep_names) {
+			ret = uq_seterr(-ENOSPC, "%s: no room for the bitmaps extension in "
+					"the header cluster", img->path);
+			goto out;
+		}
 	}
+	memset(buf + pos, 0, (size_t)(cs - pos));
 	if (nb) {
 		uq_put_be32(buf + pos, QCOW_EXT_BITMAPS);
 		uq_put_be32(buf + pos + 4, 24);
@@ -122,19 +139,10 @@ static int rebuild_exts(uq_image *img, uint32_t nb, uint64_t dsize, uint64_t dof
 	}
 	pos += 8;                 /* the end marker: zeros */
 	if (boff) {
-		if (pos + bsize > cs) {
-			ret = uq_seterr(-ENOSPC, "%s: no room for the bitmaps extension in "
-					"the header cluster", img->path);
-			goto out;
-		}
 		memcpy(buf + pos, old + boff, (size_t)bsize);
 		uq_put_be64(buf + QCOW_HDR_BACKING_OFFSET, pos);
 		boff = pos;
 		pos += bsize;
-	} else if (pos > cs) {
-		ret = uq_seterr(-ENOSPC, "%s: no room for the bitmaps extension in the "
-				"header cluster", img->path);
-		goto out;
 	}
 	uq_put_be64(buf + QCOW_HDR_AUTOCLEAR, autoclear);
 	used = img->exts->end;
