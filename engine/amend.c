@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "compat.h"
+#include "bitmap.h"
 #include "error.h"
 #include "header.h"
 #include "internal.h"
@@ -269,6 +270,10 @@ int uq_resize_impl(uq_image *img, uint64_t size)
 	if (ret < 0 || size > (1ull << 63) - img->g.cluster_size)
 		return uq_seterr(-EFBIG, "%s: size %llu is too large", img->path,
 				 (unsigned long long)size);
+	/* bitmaps follow the disk's size, as qemu's do */
+	ret = uq_bm_resize_begin(img);
+	if (ret < 0)
+		return ret;
 	if (size < img->size) {
 		uint64_t keep = (size + img->g.cluster_size - 1) & ~(img->g.cluster_size - 1);
 
@@ -288,6 +293,11 @@ int uq_resize_impl(uq_image *img, uint64_t size)
 
 	if (ret == 0)
 		img->size = img->h.size = size;
+	/* also after a failure: bitmaps marked in use above are written back */
+	int bret = uq_bm_resize_end(img);
+
+	if (ret == 0)
+		ret = bret;
 	/* The last cluster may hold stale bytes past the old end (a reused
 	 * host cluster written only up to the virtual size): they must read
 	 * as zeros now that they are inside the image. */

@@ -338,3 +338,72 @@ int uq_reset_stats(uq_image *img)
 	uq_errclear();
 	return finish(uq_reset_stats_impl(img), img->path, "reset stats");
 }
+
+int uq_bitmap_get(uq_image *img, uint32_t idx, struct uq_bitmap_info *out)
+{
+	struct uq_bitmap_info full = { .struct_size = sizeof(full) };
+	int ret;
+
+	uq_errclear();
+	if (!out || out->struct_size < sizeof(out->struct_size))
+		return uq_seterr(-EINVAL, "uq_bitmap_get: struct_size is not set");
+	ret = uq_bitmap_get_impl(img, idx, &full);
+	if (ret == 0)
+		copy_out(out, &full, out->struct_size, sizeof(full));
+	return finish(ret, img->path, "bitmap info");
+}
+
+int uq_bitmap_add(uq_image *img, const char *name, uint32_t granularity, int enabled)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_add_impl(img, name, granularity, enabled);
+	return finish(ret, img->path, "bitmap add");
+}
+
+int uq_bitmap_remove(uq_image *img, const char *name)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_remove_impl(img, name);
+	return finish(ret, img->path, "bitmap remove");
+}
+
+int uq_bitmap_clear(uq_image *img, const char *name)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_clear_impl(img, name);
+	return finish(ret, img->path, "bitmap clear");
+}
+
+int uq_bitmap_enable(uq_image *img, const char *name, int enabled)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_enable_impl(img, name, enabled);
+	return finish(ret, img->path, enabled ? "bitmap enable" : "bitmap disable");
+}
+
+int uq_bitmap_merge(uq_image *img, const char *name, uq_image *src, const char *src_name)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_merge_impl(img, name, src, src_name);
+	return finish(ret, img->path, "bitmap merge");
+}
+
+int uq_bitmap_status(uq_image *img, const char *name, uint64_t off, uint64_t len,
+		     uint64_t *run, int *dirty)
+{
+	int ret;
+
+	uq_errclear();
+	ret = uq_bitmap_status_impl(img, name, off, len, run, dirty);
+	return finish(ret, img->path, "bitmap status");
+}

@@ -43,6 +43,14 @@ int uq_snapshot_create_impl(uq_image *img, const char *name);
 int uq_snapshot_apply_impl(uq_image *img, const char *name_or_id);
 int uq_snapshot_delete_impl(uq_image *img, const char *name_or_id);
 int uq_snapshot_view_impl(uq_image *img, const char *name_or_id);
+int uq_bitmap_get_impl(uq_image *img, uint32_t idx, struct uq_bitmap_info *out);
+int uq_bitmap_add_impl(uq_image *img, const char *name, uint32_t granularity, int enabled);
+int uq_bitmap_remove_impl(uq_image *img, const char *name);
+int uq_bitmap_clear_impl(uq_image *img, const char *name);
+int uq_bitmap_enable_impl(uq_image *img, const char *name, int enabled);
+int uq_bitmap_merge_impl(uq_image *img, const char *name, uq_image *src, const char *src_name);
+int uq_bitmap_status_impl(uq_image *img, const char *name, uint64_t off, uint64_t len,
+			  uint64_t *run, int *dirty);
 int uq_check_impl(uq_image *img, unsigned flags, struct uq_check_result *res);
 
 #endif

@@ -546,6 +546,8 @@ int uq_exts_decode(const uint8_t *buf, size_t len, const struct uq_header *h,
 		type = uq_be32(buf + off);
 		n = uq_be32(buf + off + 4);
 		data = off + 8;
+		if (type == QCOW_EXT_BITMAPS)
+			e->bitmaps_at = (uint32_t)data;
 		if (type == QCOW_EXT_END) {
 			e->end = data;
 			return 0;

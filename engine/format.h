@@ -144,6 +144,7 @@ struct uq_exts {
 	bool has_data_file;
 	char data_file[1024];          /* NUL-terminated, <= 1023 bytes */
 	bool has_bitmaps;
+	uint32_t bitmaps_at;           /* offset of the extension's data */
 	uint32_t nb_bitmaps;
 	uint64_t bitmap_directory_size;
 	uint64_t bitmap_directory_offset;
@@ -310,5 +311,63 @@ static inline void uq_put_be64(uint8_t *p, uint64_t v)
  * only the length is computed. Returns the entry length, -ENOSPC if it
  * doesn't fit in len, -EINVAL for an L1 table over 32 MiB. */
 long uq_snapshot_encode(const struct uq_snapshot_raw *s, uint8_t *buf, size_t len);
+
+/* ---- bitmaps (bmformat.c) ---- */
+
+#define QCOW_BM_MAX 65535u                 /* bitmaps per image (QEMU's limit) */
+#define QCOW_BM_DIR_MAX (QCOW_BM_MAX * 1024ull) /* ~64 MiB: 1 KiB per entry */
+#define QCOW_BM_NAME_MAX 1023u
+#define QCOW_BM_MIN_GRAN_BITS 9u
+#define QCOW_BM_MAX_GRAN_BITS 31u
+#define QCOW_BM_MAX_TABLE 0x8000000u       /* entries in one bitmap table */
+/* Bitmap data of one bitmap: 512 MiB covers 2 PiB at 512-byte
+ * granularity, 256 EiB at 64 KiB; QEMU refuses more too. */
+#define QCOW_BM_MAX_DATA (512ull << 20)
+#define QCOW_BM_DIR_FIXED 24u
+
+#define QCOW_BMF_IN_USE  (1u << 0)
+#define QCOW_BMF_AUTO    (1u << 1)
+#define QCOW_BMF_KNOWN   0x3u              /* extra_data_compatible is refused, as QEMU does */
+#define QCOW_BM_TYPE_DIRTY 1u
+
+#define QCOW_BME_RESERVED    0xff000000000001feull  /* bits 1-8, 56-63 */
+#define QCOW_BME_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW_BME_ALL_ONES    1ull
+
+/* One bitmap directory entry, decoded in place: name points into the
+ * caller's buffer (not NUL-terminated). */
+struct uq_bmentry {
+	uint64_t table_off;
+	uint32_t table_size;        /* entries */
+	uint32_t flags;
+	uint8_t type;
+	uint8_t gran_bits;
+	uint16_t name_len;
+	uint32_t extra_len;
+	const uint8_t *name;
+	size_t entry_len;           /* bytes consumed, padded to 8 */
+};
+
+/* Bytes of bitmap data for a virtual size: one bit per granule. */
+uint64_t uq_bm_data_bytes(uint64_t vsize, uint32_t gran_bits);
+/* Bitmap table entries that data needs: one per cluster of data. */
+uint64_t uq_bm_table_entries(uint64_t vsize, uint32_t gran_bits, uint64_t csize);
+
+/* Decode and validate the entry at buf (len bytes left in the directory):
+ * the entry fits, no extra data, table offset nonzero and aligned, table
+ * size 1..2^27 and inside file_size, granularity bits 9..31, no unknown
+ * flags, name 1..1023 bytes without NUL, type 1, at most 512 MiB of data
+ * and, unless in use, a table exactly as long as vsize needs. */
+int uq_bmentry_decode(const uint8_t *buf, size_t len, uint64_t csize, uint64_t vsize,
+		      uint64_t file_size, struct uq_bmentry *e);
+
+/* Bytes an entry with this name takes (padded to 8). */
+size_t uq_bmentry_len(size_t name_len);
+/* Encode e (its name and fields) at buf, which has uq_bmentry_len bytes. */
+void uq_bmentry_encode(const struct uq_bmentry *e, uint8_t *buf);
+
+/* A bitmap table entry: reserved bits zero, all-ones flag only without an
+ * offset, the offset aligned. *data_off gets the data cluster (0: none). */
+int uq_bmtable_entry_decode(uint64_t entry, uint64_t csize, uint64_t *data_off);
 
 #endif

@@ -25,4 +25,10 @@ int uq_header_set_dirty(uq_image *img, bool on);
  * and stop writing. Returns -EIO with a message naming what and where. */
 int uq_mark_corrupt(uq_image *img, const char *what, uint64_t host_off);
 
+/* Point the bitmaps extension at a directory of nb bitmaps (dsize bytes at
+ * doff; nb == 0 removes the extension) and set the autoclear bit to
+ * match, durable before return. In place when the extension exists (one
+ * sector: atomic); otherwise the extension area is rewritten. */
+int uq_header_bitmaps_ext(uq_image *img, uint32_t nb, uint64_t dsize, uint64_t doff);
+
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bitmap.h"
 #include "error.h"
 #include "internal.h"
 #include "overlap.h"
@@ -306,6 +307,9 @@ static int open_qcow2(uq_image *img, const uint8_t *head, size_t headlen,
 		return ret;
 	uq_geom_init(&img->h, &img->g);
 	img->size = img->h.size;
+	ret = uq_bm_load_dir(img);
+	if (ret < 0)
+		return ret;
 	ret = load_l1(img);
 	if (ret < 0)
 		return ret;
@@ -499,6 +503,7 @@ int uq_close_impl(uq_image *img)
 	if (img->file)
 		io_file_close(img->file);
 	uq_snaps_release(img);
+	uq_bm_release(img);
 	free(img->l1);
 	free(img->exts);
 	free(img->backing_name);
@@ -560,6 +565,9 @@ int uq_get_info_impl(uq_image *img, struct uq_info *out)
 	out->data_file_raw = !!(img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW);
 	out->has_bitmaps = img->exts->has_bitmaps;
 	out->nb_snapshots = img->snap.n;
+	out->nb_bitmaps = img->bm.n;
+	copy_str(out->bitmaps_problem, sizeof(out->bitmaps_problem),
+		 img->bm.bad ? img->bm.why : "");
 	copy_str(out->backing_file, sizeof(out->backing_file), img->backing_name);
 	copy_str(out->backing_full, sizeof(out->backing_full), img->backing_path);
 	if (img->exts->has_backing_fmt)

@@ -87,6 +87,18 @@ struct uq_snaps {
 	uint32_t n;
 };
 
+/* Persistent bitmaps as loaded; owned by bitmap.c (uq_bm_load_dir /
+ * uq_bm_release). */
+struct uq_bm;
+struct uq_bitmaps {
+	struct uq_bm *list;
+	uint32_t n;
+	uint32_t tracking;        /* bitmaps guest writes mark: 0 costs one test */
+	uint64_t mem;             /* bytes of bits loaded */
+	bool bad;                 /* malformed: not loaded (read-only opens) */
+	char why[256];            /* the reason, for info */
+};
+
 struct uq_image {
 	char *path;
 	char *dir;                /* directory that relative names resolve in */
@@ -107,6 +119,7 @@ struct uq_image {
 	uint64_t *l1;             /* host byte order; replaced by uq_l1_replace */
 	struct l2cache *l2c;
 	struct uq_snaps snap;
+	struct uq_bitmaps bm;
 	char *backing_name;       /* as stored */
 	char *backing_path;       /* resolved */
 	char *data_file_path;     /* resolved external data file */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap.h"
 #include "error.h"
 #include "request.h"
 #include "stats.h"
@@ -53,6 +54,8 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 
 	if (ret < 0)
 		return ret;
+	/* before any piece is acknowledged; in memory, written back on close */
+	uq_bm_dirty(img, off, len);
 	wr = calloc(1, sizeof(*wr));
 	if (wr)
 		wr->d = calloc(1, sizeof(*wr->d));

@@ -617,6 +617,10 @@ int uq_snapshot_create_impl(uq_image *img, const char *name)
 int uq_snapshot_apply_impl(uq_image *img, const char *name_or_id)
 {
 	uq_errclear();
+	/* the guest disk would change under every bitmap: qemu 7.2 refuses
+	 * too, disabled bitmaps included */
+	if (img->bm.n)
+		return uq_seterr(-EBUSY, "%s: Device has active dirty bitmaps", img->path);
 	return explain(img, snapshot_apply(img, name_or_id), "snapshot apply");
 }
 

@@ -316,29 +316,21 @@ int uq_walk_l1(struct uq_walk *w, uint64_t l1_off, uint32_t l1_size, const uint6
 }
 
 /* One bitmap's table and the data clusters it names. */
-#define BME_RESERVED    0xff000000000001feull
-#define BME_OFFSET_MASK 0x00fffffffffffe00ull
-#define BME_ALL_ONES    1ull
-#define BMD_FIXED       24u
-
-static int bitmap_table(struct uq_walk *w, uint64_t off, uint32_t size, uint64_t file_size)
+static int bitmap_table(struct uq_walk *w, uint64_t off, uint32_t size)
 {
-	uint64_t cs = w->img->g.cluster_size, bytes = (uint64_t)size * 8, *t;
-	int ret;
+	uint64_t cs = w->img->g.cluster_size, *t;
+	int ret = region(w, UQ_MK_BITMAP_TABLE, off, (uint64_t)size * 8);
 
-	if ((off & (cs - 1)) || bytes > file_size || off > file_size - bytes)
-		return bad(w, UQ_MK_BITMAP_TABLE, off, -EINVAL);
-	ret = region(w, UQ_MK_BITMAP_TABLE, off, bytes);
-	if (ret != 0 || !size)
+	if (ret != 0)
 		return ret;
 	ret = uq_read_table64(w->img, UQ_MK_BITMAP_TABLE, off, size, &t);
 	if (ret < 0)
 		return bad(w, UQ_MK_BITMAP_TABLE, off, ret);
 	for (uint32_t i = 0; i < size && ret == 0; i++) {
-		uint64_t d = t[i] & BME_OFFSET_MASK;
+		uint64_t d;
 
-		if ((t[i] & BME_RESERVED) || (d && ((t[i] & BME_ALL_ONES) || (d & (cs - 1)))))
-			ret = bad(w, UQ_MK_BITMAP_DATA, d, -EINVAL);
+		if (uq_bmtable_entry_decode(t[i], cs, &d) < 0)
+			ret = bad(w, UQ_MK_BITMAP_DATA, t[i] & QCOW_BME_OFFSET_MASK, -EINVAL);
 		else if (d)
 			ret = region(w, UQ_MK_BITMAP_DATA, d, cs);
 	}
@@ -348,16 +340,20 @@ static int bitmap_table(struct uq_walk *w, uint64_t off, uint32_t size, uint64_t
 
 /* Bitmaps count only while the autoclear bit says they are valid: a
  * program without bitmap support has otherwise left them stale, and qemu
- * ignores the directory too. */
+ * ignores the directory too. A directory that doesn't decode (qemu's
+ * check can't load it either) counts as itself alone. */
 static int bitmaps(struct uq_walk *w)
 {
 	uq_image *img = w->img;
 	const struct uq_exts *e = img->exts;
 	uint64_t dsize = e->bitmap_directory_size, pos = 0, file_size;
-	uint8_t *dir;
+	struct uq_bmentry *ent = NULL;
+	uint8_t *dir = NULL;
+	uint32_t n = 0;
 	int ret;
 
-	if (!e->has_bitmaps || !(img->h.autoclear_features & QCOW_AUTOCLEAR_BITMAPS))
+	if (img->h.version < 3 || !e->has_bitmaps ||
+	    !(img->h.autoclear_features & QCOW_AUTOCLEAR_BITMAPS))
 		return 0;
 	ret = region(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset, dsize);
 	if (ret == 0)
@@ -366,31 +362,34 @@ static int bitmaps(struct uq_walk *w)
 		return ret;
 	/* open checked the directory lies inside the file; format.c bounds it */
 	dir = malloc(dsize ? (size_t)dsize : 1);
-	if (!dir)
-		return -ENOMEM;
+	ent = calloc(e->nb_bitmaps, sizeof(*ent));
+	if (!dir || !ent) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	ret = uq_meta_pread(img, UQ_MK_BITMAP_DIR, dir, (size_t)dsize,
 			    e->bitmap_directory_offset);
 	if (ret < 0) {
-		free(dir);
-		return bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset, ret);
+		ret = bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset, ret);
+		goto out;
 	}
-	for (uint32_t i = 0; i < e->nb_bitmaps && ret == 0; i++) {
-		const uint8_t *p = dir + pos;
-		uint64_t len;
-
-		if (dsize - pos < BMD_FIXED) {
-			ret = bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset + pos, -EINVAL);
+	for (n = 0; n < e->nb_bitmaps; n++) {
+		if (uq_bmentry_decode(dir + pos, (size_t)(dsize - pos), img->g.cluster_size,
+				      img->size, file_size, &ent[n]) < 0) {
+			uq_errclear();   /* the walk's users report it their way */
 			break;
 		}
-		len = (BMD_FIXED + (uint64_t)uq_be32(p + 20) + uq_be16(p + 18) + 7) & ~7ull;
-		if (len > dsize - pos) {
-			ret = bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset + pos, -EINVAL);
-			break;
-		}
-		ret = bitmap_table(w, uq_be64(p), uq_be32(p + 8), file_size);
-		pos += len;
+		pos += ent[n].entry_len;
 	}
+	if (n < e->nb_bitmaps || pos != dsize) {
+		ret = bad(w, UQ_MK_BITMAP_DIR, e->bitmap_directory_offset, -EINVAL);
+		goto out;
+	}
+	for (uint32_t i = 0; i < n && ret == 0; i++)
+		ret = bitmap_table(w, ent[i].table_off, ent[i].table_size);
+out:
 	free(dir);
+	free(ent);
 	return ret;
 }
 

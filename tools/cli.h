@@ -48,6 +48,7 @@ extern const struct cli_verb cmd_snapshot;
 extern const struct cli_verb cmd_create;
 extern const struct cli_verb cmd_amend;
 extern const struct cli_verb cmd_resize;
+extern const struct cli_verb cmd_bitmap;
 
 /* Long options shared by every verb (and accepted before the verb).
  * Values above 0xff so they never clash with a short option. */

@@ -17,12 +17,12 @@ enum { OPT_BACKING_CHAIN = CLI_OPT_FIRST_FREE };
  * 7.2 prints them in, shared by the human and JSON printers. */
 struct field {
 	const char *key;
-	enum { F_STR, F_U64, F_BOOL } kind;
+	enum { F_STR, F_U64, F_BOOL, F_BITMAPS } kind;
 	const char *s;
 	uint64_t u;
 };
 
-#define MAX_FIELDS 8
+#define MAX_FIELDS 9
 
 static size_t qcow2_fields(const struct uq_info *in, struct field *f)
 {
@@ -35,6 +35,8 @@ static size_t qcow2_fields(const struct uq_info *in, struct field *f)
 	if (v3)
 		f[n++] = (struct field){ "lazy-refcounts", F_BOOL, NULL,
 					 !!in->lazy_refcounts };
+	if (in->nb_bitmaps)
+		f[n++] = (struct field){ "bitmaps", F_BITMAPS, NULL, in->nb_bitmaps };
 	f[n++] = (struct field){ "refcount-bits", F_U64, NULL, in->refcount_bits };
 	if (in->data_file[0])
 		f[n++] = (struct field){ "data-file", F_STR, in->data_file, 0 };
@@ -47,6 +49,65 @@ static size_t qcow2_fields(const struct uq_info *in, struct field *f)
 					 !!in->extended_l2 };
 	}
 	return n;
+}
+
+/* Flag names in qemu's order (in-use, then auto). */
+static const char *const bitmap_flag[] = { "in-use", "auto" };
+
+static int get_bitmap(uq_image *img, const struct uq_info *in, uint32_t i,
+		      struct uq_bitmap_info *b)
+{
+	int ret;
+
+	b->struct_size = sizeof(*b);
+	ret = uq_bitmap_get(img, i, b);
+	if (ret < 0)
+		cli_error_uq(ret, in->filename);
+	return ret;
+}
+
+static int human_bitmaps(uq_image *img, const struct uq_info *in)
+{
+	struct uq_bitmap_info b;
+
+	printf("    bitmaps:\n");
+	for (uint32_t i = 0; i < in->nb_bitmaps; i++) {
+		unsigned k = 0;
+
+		if (get_bitmap(img, in, i, &b) < 0)
+			return -EIO;
+		printf("        [%u]:\n            flags:\n", i);
+		for (unsigned bit = 0; bit < 2; bit++)
+			if (b.flags & (1u << bit))
+				printf("                [%u]: %s\n", k++, bitmap_flag[bit]);
+		printf("            name: %s\n            granularity: %u\n", b.name,
+		       b.granularity);
+	}
+	return 0;
+}
+
+static int json_bitmaps(struct cli_json *j, uq_image *img, const struct uq_info *in)
+{
+	struct uq_bitmap_info b;
+
+	cli_json_begin(j, "bitmaps", '[');
+	for (uint32_t i = 0; i < in->nb_bitmaps; i++) {
+		if (get_bitmap(img, in, i, &b) < 0)
+			return -EIO;
+		cli_json_begin(j, NULL, '{');
+		cli_json_begin(j, "flags", '[');
+		for (unsigned bit = 0; bit < 2; bit++)
+			if (b.flags & (1u << bit))
+				cli_json_str(j, NULL, bitmap_flag[bit]);
+		if (!b.flags)
+			j->fresh = false;   /* qemu prints an empty list on two lines */
+		cli_json_end(j, ']');
+		cli_json_str(j, "name", b.name);
+		cli_json_u64(j, "granularity", b.granularity);
+		cli_json_end(j, '}');
+	}
+	cli_json_end(j, ']');
+	return 0;
 }
 
 static const char *format_name(enum uq_format f)
@@ -123,9 +184,17 @@ static int print_human(uq_image *img, const struct uq_info *in)
 	}
 	if (in->format != UQ_FMT_QCOW2)
 		return 0;
+	if (in->bitmaps_problem[0])
+		fprintf(stderr, "uqcow: warning: %s: bitmaps can't be read (%s); "
+			"listed without them\n", in->filename, in->bitmaps_problem);
 	printf("Format specific information:\n");
 	n = qcow2_fields(in, f);
 	for (size_t i = 0; i < n; i++) {
+		if (f[i].kind == F_BITMAPS) {
+			if (human_bitmaps(img, in) < 0)
+				return -EIO;
+			continue;
+		}
 		/* qemu turns the JSON key into words: "lazy refcounts". */
 		printf("    ");
 		for (const char *k = f[i].key; *k; k++)
@@ -198,7 +267,11 @@ static int print_json(struct cli_json *j, uq_image *img,
 		cli_json_begin(j, "data", '{');
 		n = qcow2_fields(in, f);
 		for (size_t i = 0; i < n; i++) {
-			if (f[i].kind == F_STR)
+			if (f[i].kind == F_BITMAPS) {
+				ret = json_bitmaps(j, img, in);
+				if (ret < 0)
+					return ret;
+			} else if (f[i].kind == F_STR)
 				cli_json_str(j, f[i].key, f[i].s);
 			else if (f[i].kind == F_BOOL)
 				cli_json_bool(j, f[i].key, f[i].u);

@@ -22,6 +22,7 @@ static const struct cli_verb *const verbs[] = {
 	&cmd_snapshot,
 	&cmd_amend,
 	&cmd_resize,
+	&cmd_bitmap,
 };
 
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))

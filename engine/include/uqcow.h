@@ -111,6 +111,10 @@ struct uq_info {
 	 * OFD locks), and nobody else's use of the image is detected. */
 	int locked;
 	int lock_error;
+	uint32_t nb_bitmaps;       /* persistent bitmaps (uq_bitmap_get) */
+	/* Why the bitmaps couldn't be read, "" if they could (read-only opens
+	 * of an image with malformed bitmap metadata go on without them). */
+	char bitmaps_problem[256];
 };
 
 int uq_get_info(uq_image *img, struct uq_info *out);
@@ -285,6 +289,40 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id);
  * virtual size become the snapshot's (qemu-img convert -l). Call with no
  * I/O in flight, before any other thread uses the image. */
 int uq_snapshot_view(uq_image *img, const char *name_or_id);
+
+/* ---- persistent dirty bitmaps (qemu-img bitmap) ---- */
+
+#define UQ_BITMAP_IN_USE (1u << 0) /* not saved cleanly: its bits can't be trusted */
+#define UQ_BITMAP_AUTO   (1u << 1) /* enabled: every guest write sets its bits */
+
+struct uq_bitmap_info {
+	size_t struct_size;        /* sizeof(the struct): set it before the call */
+	char name[1024];
+	uint32_t granularity;      /* bytes of guest disk per bit */
+	uint32_t flags;            /* UQ_BITMAP_*, as on disk */
+};
+
+/* Bitmap idx (0 .. uq_info.nb_bitmaps - 1), in directory order. */
+int uq_bitmap_get(uq_image *img, uint32_t idx, struct uq_bitmap_info *out);
+
+/* The calls below change the image (opened with UQ_OPEN_RDWR, v3 only)
+ * and are on disk when they return. An enabled bitmap is tracked by the
+ * handle (in use on disk) until uq_close writes it back. */
+
+/* Add an empty bitmap; granularity 0: the cluster size, at least 4 KiB. */
+int uq_bitmap_add(uq_image *img, const char *name, uint32_t granularity, int enabled);
+int uq_bitmap_remove(uq_image *img, const char *name);
+/* Clear every bit. */
+int uq_bitmap_clear(uq_image *img, const char *name);
+/* Enable (nonzero) or disable a bitmap. */
+int uq_bitmap_enable(uq_image *img, const char *name, int enabled);
+/* Set in name every bit set in src_name of src (NULL: img itself); both
+ * images have the same virtual size, granularities may differ. */
+int uq_bitmap_merge(uq_image *img, const char *name, uq_image *src, const char *src_name);
+/* Whether [off, off + *run) is dirty in name: the longest run from off
+ * (at most len bytes) of one state. Works on read-only images too. */
+int uq_bitmap_status(uq_image *img, const char *name, uint64_t off, uint64_t len,
+		     uint64_t *run, int *dirty);
 
 /* ---- consistency check and repair (qemu-img check) ---- */
 

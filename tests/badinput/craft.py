@@ -373,9 +373,13 @@ class Crafter:
 
 
 # ----------------------------------------------------------- expectations --
+# (a 'write' expectation, where given, is for `uqcow io -c write`: a
+# writable open, which must refuse without changing the file)
 
-def E(info, map_, convert, chain=None):
+def E(info, map_, convert, chain=None, write=None):
     e = {'info': set(info), 'map': set(map_), 'convert': set(convert)}
+    if write is not None:
+        e['write'] = set(write)
     if chain is not None:
         e['chain'] = set(chain)
     return e
@@ -394,6 +398,12 @@ OK_OR_READ_ERROR = E({'ok'}, {'ok', 'fail'}, {'ok', 'fail'})
 # everything that opens the backing chain must refuse; plain info (which,
 # like qemu-img info, need not open the backing file) may succeed
 CHAIN_REFUSE = E({'ok', 'refuse'}, {'refuse'}, {'refuse'}, {'refuse'})
+
+# malformed bitmap metadata: read-only opens go on without the bitmaps
+# (guest data as qemu-img reads it), writable opens refuse
+BM_DROP = dict(OK, write={'refuse'})
+# bits only a writable open reads: read-only commands never look at them
+BM_TABLE_BAD = dict(OK, write={'refuse'})
 
 KW_L1 = ['l1']
 KW_RT = ['refcount', 'reftable']
@@ -742,6 +752,93 @@ def extension_cases(c):
     # data file extension
     img = scratch(data_file=b'x' * 1024)
     c.add('data_file_name_1024', img, REFUSE, KW_DATA + ['name', 'long'])
+
+
+def bitmap_dir_cases(c):
+    """Bitmap directory and table entries (qcow2.txt "Bitmaps"): each field
+    out of range, checked before use."""
+    key = 'bitmap_dirty'
+    path = os.path.join(c.tdir, key + '.qcow2')
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', path, '4M'])
+    run(['qemu-img', 'bitmap', '--add', path, 'b0'])
+    run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x66 0 64k', '-c', 'write 1M 4k', path])
+    with open(path, 'rb') as f:
+        c._tmpl[key] = f.read()
+    base = bytearray(c._tmpl[key])
+    sha = c.raw_sha(key)
+    im = Image(base)
+    _, boff, _ = [e for e in im.exts() if e[0] == EXT_BITMAPS][0]
+    nb, _, dsize, doff = struct.unpack_from('>IIQQ', base, boff + 8)
+    assert nb == 1 and dsize == 32, (nb, dsize)
+    toff, tsize = struct.unpack_from('>QI', base, doff)
+    dent, = struct.unpack_from('>Q', base, toff)
+    assert dent, 'qemu-io left no bitmap data cluster'
+    kw = ['bitmap']
+
+    def entry(name, fmt, at, value, expect=BM_DROP, note=''):
+        d = bytearray(base)
+        struct.pack_into(fmt, d, doff + at, value)
+        c.add(name, d, expect, kw, raw_sha=sha, note=note)
+
+    entry('bm_name_size_0', '>H', 18, 0)
+    entry('bm_name_size_1024', '>H', 18, 1024)
+    entry('bm_name_size_past_dir', '>H', 18, 9)
+    entry('bm_gran_bits_8', '>B', 17, 8)
+    entry('bm_gran_bits_32', '>B', 17, 32)
+    entry('bm_gran_bits_63', '>B', 17, 63)
+    entry('bm_type_0', '>B', 16, 0)
+    entry('bm_type_2', '>B', 16, 2)
+    entry('bm_flags_extra_compat', '>I', 12, 2 | 4,
+          note='extra_data_compatible: QEMU refuses any flag but in_use/auto')
+    entry('bm_flags_reserved', '>I', 12, 2 | (1 << 31))
+    entry('bm_extra_data', '>I', 20, 8)
+    entry('bm_extra_data_huge', '>I', 20, 0xFFFFFFF0)
+    entry('bm_table_size_0', '>I', 8, 0)
+    entry('bm_table_size_huge', '>I', 8, 0x8000001)
+    entry('bm_table_size_max', '>I', 8, 0x8000000,
+          note='table size at the limit but past the end of the file')
+    entry('bm_table_size_wrong', '>I', 8, 2,
+          note='a consistent bitmap must fit the virtual size exactly')
+    entry('bm_table_offset_0', '>Q', 0, 0)
+    entry('bm_table_misaligned', '>Q', 0, toff + 512)
+    entry('bm_table_past_eof', '>Q', 0, 1 << 40)
+    entry('bm_table_offset_wraps', '>Q', 0, 0xFFFFFFFFFFFF0000)
+    # in use: a stale size is allowed (qemu: not saved after a resize)
+    d = bytearray(base)
+    struct.pack_into('>II', d, doff + 8, 2, 3)
+    c.add('bm_in_use_stale_size', d, OK, raw_sha=sha,
+          note='an in-use bitmap may have the wrong size: tolerated')
+    # directory vs extension
+    d = bytearray(base)
+    struct.pack_into('>I', d, boff + 8, 2)
+    c.add('bm_nb_more_than_dir', d, BM_DROP, kw, raw_sha=sha)
+    d = bytearray(base) + bytes(32)       # qemu ends the file at the directory
+    struct.pack_into('>Q', d, boff + 16, 64)
+    c.add('bm_dir_trailing_bytes', d, BM_DROP, kw, raw_sha=sha)
+    d = bytearray(base)
+    struct.pack_into('>Q', d, boff + 16, 16)
+    c.add('bm_dir_short', d, BM_DROP, kw, raw_sha=sha)
+    d = bytearray(base)
+    d[doff + 32:doff + 64] = d[doff:doff + 32]
+    struct.pack_into('>IIQ', d, boff + 8, 2, 0, 64)
+    c.add('bm_dup_name', d, BM_DROP, kw + ['twice', 'duplicate'], raw_sha=sha)
+    d = bytearray(base)
+    d[doff + 24] = 0
+    c.add('bm_name_nul', d, BM_DROP, kw, raw_sha=sha)
+    # bitmap table entries: read only when a writable open loads the bits
+    for name, val in (('bm_entry_reserved_low', dent | 2),
+                      ('bm_entry_reserved_high', dent | (1 << 60)),
+                      ('bm_entry_all_ones_with_offset', dent | 1),
+                      ('bm_entry_misaligned', dent + 512),
+                      ('bm_entry_past_eof', 1 << 45)):
+        d = bytearray(base)
+        struct.pack_into('>Q', d, toff, val)
+        c.add(name, d, BM_TABLE_BAD, kw, raw_sha=sha)
+    # an all-ones entry is valid: a writable open accepts it (not run here:
+    # it writes), read-only commands too
+    d = bytearray(base)
+    struct.pack_into('>Q', d, toff, 1)
+    c.add('bm_entry_all_ones', d, OK, raw_sha=sha)
 
 
 def l1l2_cases(c):
@@ -1153,6 +1250,7 @@ def generate(outdir):
     c = Crafter(outdir)
     header_cases(c)
     extension_cases(c)
+    bitmap_dir_cases(c)
     l1l2_cases(c)
     compressed_cases(c)
     snapshot_cases(c)

@@ -11,6 +11,8 @@ runs, each with a 10 s timeout:
     uqcow map --output=json FILE
     uqcow convert -O raw FILE OUT
     uqcow info --backing-chain FILE        (backing-chain cases)
+    uqcow io -c 'write ...' FILE           (cases that expect a writable
+                                            open to refuse)
 and checks the outcome the case expects (see craft.py):
     ok      exit 0 (map prints valid JSON; convert output matches
             qemu-img's where the case records a checksum)
@@ -40,7 +42,7 @@ import craft  # noqa: E402
 TIMEOUT = 10
 SANITIZER_MARKS = ('AddressSanitizer', 'LeakSanitizer', 'runtime error:',
                    'ThreadSanitizer', 'MemorySanitizer')
-ORDER = ('info', 'chain', 'map', 'convert')
+ORDER = ('info', 'chain', 'map', 'convert', 'write')
 
 
 def sha256(path):
@@ -60,6 +62,8 @@ def command(uqcow, which, path, out):
         return [uqcow, 'map', '--output=json', path]
     if which == 'convert':
         return [uqcow, 'convert', '-O', 'raw', path, out]
+    if which == 'write':
+        return [uqcow, 'io', '-c', 'write -P 7 0 512', path]
     raise ValueError(which)
 
 

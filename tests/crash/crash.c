@@ -279,6 +279,25 @@ int run_start(struct run *R, const char *name, const struct cfg *c)
 		fprintf(stderr, "%s: create: %s\n", name, uq_errmsg());
 		return ret;
 	}
+	if (c->bitmap_gran) {
+		/* added by a clean open and close: the recorded run starts
+		 * from an image whose bitmap QEMU would trust */
+		uq_image *b;
+
+		ret = uq_open(R->top, &(struct uq_open_opts){ .struct_size = sizeof(o),
+							     .flags = UQ_OPEN_RDWR,
+							     .backend = UQ_IO_PSYNC }, &b);
+		if (ret == 0) {
+			ret = uq_bitmap_add(b, "b", c->bitmap_gran, 1);
+			int r2 = uq_close(b);
+
+			ret = ret ? ret : r2;
+		}
+		if (ret < 0) {
+			fprintf(stderr, "%s: bitmap: %s\n", name, uq_errmsg());
+			return ret;
+		}
+	}
 	if (c->backing) {
 		/* the engine opens a backing file only for images on disk */
 		o.backend = UQ_IO_PSYNC;
@@ -1186,6 +1205,71 @@ static bool snapshot_in_flight(const struct run *R, size_t glo, size_t ghi)
 	return false;
 }
 
+/* ---- the bitmap of a state ---- */
+
+/* Does bit i of the bitmap cover a byte a guest op of [0, n) touched? */
+static bool gops_touch(const struct run *R, size_t n, uint64_t lo, uint64_t hi)
+{
+	for (size_t g = 0; g < n && g < R->ngops; g++) {
+		const struct gop *o = &R->gops[g];
+
+		if (!o->resize && !o->snapshot && o->len && o->off < hi && lo < o->off + o->len)
+			return true;
+	}
+	return false;
+}
+
+/* A crash leaves bitmap "b" in use, or written back exactly: every bit
+ * set that a guest op certainly issued touched, none that no op issued
+ * before the crash touched. Decoded here from the bytes, not by uqcow. */
+static void check_bitmap(struct run *R, const struct io_fault_image *st, size_t gop_lo,
+			 size_t gop_hi, const char *label)
+{
+	const uint8_t *d = st->data;
+	uint64_t cs = R->c.cs, off, dir = 0, tab, ent, g = R->c.bitmap_gran;
+	uint32_t flags;
+
+	if (st->len < 112 || !(uq_be64(d + QCOW_HDR_AUTOCLEAR) & QCOW_AUTOCLEAR_BITMAPS)) {
+		fail(R, "%s: the bitmaps autoclear bit is clear", label);
+		return;
+	}
+	for (off = uq_be32(d + QCOW_HDR_HEADER_LENGTH); off + 32 <= cs && uq_be32(d + off);
+	     off += 8 + ((uq_be32(d + off + 4) + 7ull) & ~7ull))
+		if (uq_be32(d + off) == QCOW_EXT_BITMAPS && uq_be32(d + off + 8) == 1)
+			dir = uq_be64(d + off + 24);
+	if (!dir || dir + 32 > st->len) {
+		fail(R, "%s: no bitmaps extension naming one bitmap", label);
+		return;
+	}
+	flags = uq_be32(d + dir + 12);
+	if (flags & QCOW_BMF_IN_USE) {
+		R->bm_in_use++;       /* inconsistent, and says so */
+		return;
+	}
+	tab = uq_be64(d + dir);
+	ent = tab + 8 <= st->len ? uq_be64(d + tab) & QCOW_BME_OFFSET_MASK : 0;
+	if (!(flags & QCOW_BMF_AUTO) || uq_be32(d + dir + 8) != 1 ||
+	    (ent && ent + cs > st->len)) {
+		fail(R, "%s: bitmap entry flags 0x%x, table size %u, data 0x%llx", label, flags,
+		     uq_be32(d + dir + 8), (unsigned long long)ent);
+		return;
+	}
+	for (uint64_t i = 0; i * g < R->size; i++) {
+		bool set = ent && (d[ent + i / 8] >> (i % 8) & 1);
+		bool must = gops_touch(R, gop_lo, i * g, (i + 1) * g);
+		bool may = gops_touch(R, gop_hi, i * g, (i + 1) * g);
+
+		if (set != must && set != may) {
+			fail(R, "%s: bitmap bit %llu (guest 0x%llx) is %s, but the guest ops "
+			     "before the crash %s it", label, (unsigned long long)i,
+			     (unsigned long long)(i * g), set ? "set" : "clear",
+			     set ? "never touched" : "touched");
+			return;
+		}
+	}
+	R->bm_exact++;
+}
+
 int check_image(struct run *R, const struct io_fault_image *st, size_t level,
 		size_t gop_lo, size_t gop_hi, bool qemu, const char *label)
 {
@@ -1197,6 +1281,8 @@ int check_image(struct run *R, const struct io_fault_image *st, size_t level,
 	int ret;
 
 	qemu = qemu && have_qemu_img();
+	if (R->c.bitmap_gran)
+		check_bitmap(R, st, gop_lo, gop_hi, label);
 	if (disk) {
 		/* on disk next to the backing file, which the name is relative to */
 		ret = write_file(R->state, st->data, st->len);

@@ -22,6 +22,8 @@ struct cfg {
 	uint64_t size;         /* virtual size at creation */
 	uint64_t seed;
 	uint64_t rc_cache;     /* refcount_cache_size; 0: the engine's default */
+	uint32_t bitmap_gran;  /* nonzero: an enabled bitmap "b" of this
+				* granularity is added before the run */
 };
 
 /* A guest operation, in issue order. Its effect on the guest is what the
@@ -79,6 +81,7 @@ struct run {
 
 	/* results */
 	unsigned long points, samples, qemu_checks, uq_checks, snap_checks, failures;
+	unsigned long bm_in_use, bm_exact;  /* states: bitmap in use, written back */
 	bool reftable_grew;
 	unsigned samples_per_interval;
 	unsigned qemu_budget;  /* qemu-img checks this run may still do */

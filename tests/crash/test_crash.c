@@ -371,6 +371,27 @@ static void wl_snapshot(struct run *R)
 	}
 }
 
+/* Writes, zeroes and discards under an enabled bitmap, which the close
+ * writes back: each crash state has it in use or exactly right. */
+static void wl_bitmap(struct run *R)
+{
+	uint64_t off, len;
+
+	for (int i = 0; i < 24; i++) {
+		uint64_t r = rnd_below(R, 6);
+
+		off = pick(R, 3 * spc(R), &len);
+		if (r == 0)
+			g_zero(R, off, len, UQ_ZERO_UNMAP);
+		else if (r == 1)
+			g_discard(R, off & ~(R->c.cs - 1), R->c.cs);
+		else
+			g_write(R, off, len, 0);
+		if (i % 6 == 5)
+			g_flush(R);
+	}
+}
+
 struct workload {
 	const char *name;
 	uint32_t cs;
@@ -379,6 +400,7 @@ struct workload {
 	unsigned samples;   /* reordered/torn states per interval */
 	void (*fn)(struct run *R);
 	uint64_t rc_cache;  /* refcount_cache_size (1: the 2-block minimum) */
+	uint32_t bitmap_gran;  /* an enabled bitmap of this granularity (0: none) */
 };
 
 /* Refcount blocks dropped from a 2-block cache, dirty ones written back
@@ -405,18 +427,19 @@ static void wl_evict(struct run *R)
 }
 
 static const struct workload workloads[] = {
-	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0 },
-	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0 },
-	{ "cow",      1024, 256 << 10, 1, 8, wl_cow, 0 },
-	{ "zero",     512,  128 << 10, 0, 8, wl_zero, 0 },
-	{ "discard",  512,  128 << 10, 0, 8, wl_discard, 0 },
-	{ "compress", 4096, 256 << 10, 0, 8, wl_compress, 0 },
-	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow, 0 },
-	{ "l2",       512,  2 << 20,   0, 8, wl_l2, 0 },
-	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0 },
-	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0 },
-	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0 },
-	{ "evict",    512,  6 << 20,   0, 1, wl_evict, 1 },
+	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0, 0 },
+	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0, 0 },
+	{ "cow",      1024, 256 << 10, 1, 8, wl_cow, 0, 0 },
+	{ "zero",     512,  128 << 10, 0, 8, wl_zero, 0, 0 },
+	{ "discard",  512,  128 << 10, 0, 8, wl_discard, 0, 0 },
+	{ "compress", 4096, 256 << 10, 0, 8, wl_compress, 0, 0 },
+	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow, 0, 0 },
+	{ "l2",       512,  2 << 20,   0, 8, wl_l2, 0, 0 },
+	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0, 0 },
+	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0, 0 },
+	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0, 0 },
+	{ "evict",    512,  6 << 20,   0, 1, wl_evict, 1, 0 },
+	{ "bitmap",   512,  64 << 10,  0, 8, wl_bitmap, 0, 1024 },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -428,7 +451,8 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 		   int samples, bool verbose, struct totals *t)
 {
 	struct cfg c = { .cs = w->cs, .bits = bits, .lazy = lazy, .backing = w->backing,
-			 .size = w->size, .rc_cache = w->rc_cache };
+			 .size = w->size, .rc_cache = w->rc_cache,
+			 .bitmap_gran = w->bitmap_gran };
 	struct run R = { .verbose = verbose, .qemu_budget = 5 };
 	unsigned long states = 0;
 	char snaps[80] = "";
@@ -463,6 +487,9 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	if (w->rc_cache)
 		snprintf(snaps, sizeof(snaps), ", %llu refcount blocks evicted",
 			 (unsigned long long)R.evictions);
+	if (w->bitmap_gran)
+		snprintf(snaps, sizeof(snaps), ", bitmap in use in %lu states, exact in %lu",
+			 R.bm_in_use, R.bm_exact);
 	printf("crash %-8s -s %-3llu bits=%-2u lazy=%d: %5lu crash states (%lu persistence "
 	       "points, %lu reordered/torn), %lu uqcow checks, %lu qemu-img checks, %zu ops "
 	       "recorded%s%s%s\n", w->name, (unsigned long long)seed, bits, lazy, states,

@@ -86,6 +86,41 @@ int main(void)
 		CHECK(uq_snapshot_get(img, 0, &s) == -ENOENT);
 		CHECK(*uq_errmsg() != '\0');
 	}
+	/* bitmaps: read-only refuses changes; a writable handle adds one,
+	 * its writes show in uq_bitmap_status and uq_bitmap_get, and the
+	 * bits survive a reopen */
+	CHECK(uq_bitmap_add(img, "b", 4096, 1) == -EROFS);
+	CHECK(strstr(uq_errmsg(), path) != NULL);
+	CHECK(uq_close(img) == 0);
+	ro.flags = UQ_OPEN_RDWR;
+	CHECK(uq_open(path, &ro, &img) == 0);
+	CHECK(uq_bitmap_add(img, "b", 4096, 1) == 0);
+	CHECK(uq_bitmap_add(img, "b", 4096, 1) == -EEXIST);
+	CHECK(uq_bitmap_add(img, "odd", 3000, 1) == -EINVAL);
+	CHECK(uq_pwrite(img, buf, sizeof(buf), 8192 + 100, 0) == (ssize_t)sizeof(buf));
+	{
+		struct uq_bitmap_info b = { .struct_size = sizeof(b) };
+		uint64_t run;
+		int dirty;
+
+		CHECK(uq_bitmap_get(img, 0, &b) == 0);
+		CHECK(!strcmp(b.name, "b") && b.granularity == 4096);
+		CHECK(b.flags == (UQ_BITMAP_AUTO | UQ_BITMAP_IN_USE));
+		CHECK(uq_bitmap_status(img, "b", 0, 1 << 20, &run, &dirty) == 0);
+		CHECK(!dirty && run == 8192);
+		CHECK(uq_bitmap_status(img, "b", 8192, 1 << 20, &run, &dirty) == 0);
+		CHECK(dirty && run == 4096);
+		CHECK(uq_close(img) == 0);
+		ro.flags = 0;
+		CHECK(uq_open(path, &ro, &img) == 0);
+		CHECK(uq_bitmap_get(img, 0, &b) == 0 && b.flags == UQ_BITMAP_AUTO);
+		CHECK(uq_bitmap_status(img, "b", 4096, 1 << 20, &run, &dirty) == 0);
+		CHECK(!dirty && run == 4096);
+		CHECK(uq_bitmap_status(img, "b", 12288, 1 << 20, &run, &dirty) == 0);
+		CHECK(!dirty && run == (1 << 20) - 12288);
+		CHECK(uq_bitmap_status(img, "nope", 0, 512, &run, &dirty) == -ENOENT);
+		CHECK(uq_bitmap_get(img, 1, &b) == -ENOENT);
+	}
 	CHECK(uq_close(img) == 0);
 	CHECK(*uq_errmsg() == '\0');
 	unlink(path);
