@@ -2,7 +2,10 @@
 /* zlib and zstd codecs for compressed clusters, matching what QEMU writes:
  * zlib as raw deflate with a 4 KiB window, zstd as one frame. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <zlib.h>
 #include <zstd.h>
 #include <zstd_errors.h>
@@ -11,69 +14,91 @@
 #include "error.h"
 #include "format.h"
 
-static int zlib_inflate(const void *src, size_t slen, void *dst, size_t dlen)
+/* Decompression state kept from one cluster to the next: setting up a
+ * zstd context (and its window buffers) or a zlib stream costs more than
+ * inflating a small cluster. */
+struct uq_inflater {
+	z_stream z;
+	bool z_ready;
+	ZSTD_DCtx *zd;
+};
+
+void uq_inflater_free(struct uq_inflater *f)
 {
-	z_stream s = { 0 };
+	if (!f)
+		return;
+	if (f->z_ready)
+		inflateEnd(&f->z);
+	ZSTD_freeDCtx(f->zd);
+	free(f);
+}
+
+static int zlib_inflate(struct uq_inflater *f, const void *src, size_t slen,
+			void *dst, size_t dlen)
+{
+	z_stream *s = &f->z;
 	int ret;
 
 	if (slen > UINT32_MAX || dlen > UINT32_MAX)
 		return -EINVAL;
 	/* negative window bits: raw deflate, no zlib header */
-	if (inflateInit2(&s, -12) != Z_OK)
-		return -ENOMEM;
-	s.next_in = (Bytef *)src;
-	s.avail_in = (uInt)slen;
-	s.next_out = dst;
-	s.avail_out = (uInt)dlen;
-	ret = inflate(&s, Z_FINISH);
-	inflateEnd(&s);
+	if (!f->z_ready) {
+		memset(s, 0, sizeof(*s));
+		if (inflateInit2(s, -12) != Z_OK)
+			return -ENOMEM;
+		f->z_ready = true;
+	} else if (inflateReset(s) != Z_OK) {
+		return -EIO;
+	}
+	s->next_in = (Bytef *)src;
+	s->avail_in = (uInt)slen;
+	s->next_out = dst;
+	s->avail_out = (uInt)dlen;
+	ret = inflate(s, Z_FINISH);
 	/* Z_BUF_ERROR with a full output is fine: the stream may go on into
 	 * bytes that belong to the next compressed cluster. */
-	if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && s.avail_out == 0)
+	if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && s->avail_out == 0)
 		return 0;
 	return -EIO;
 }
 
-static int zstd_inflate(const void *src, size_t slen, void *dst, size_t dlen)
+static int zstd_inflate(struct uq_inflater *f, const void *src, size_t slen,
+			void *dst, size_t dlen)
 {
-	ZSTD_DCtx *d = ZSTD_createDCtx();
 	ZSTD_inBuffer in = { src, slen, 0 };
 	ZSTD_outBuffer out = { dst, dlen, 0 };
-	int ret = -EIO;
 
-	if (!d)
+	if (!f->zd && !(f->zd = ZSTD_createDCtx()))
 		return -ENOMEM;
+	/* a new frame; the buffers stay allocated for the next one */
+	if (ZSTD_isError(ZSTD_DCtx_reset(f->zd, ZSTD_reset_session_only)))
+		return -EIO;
 	/* Stream until the cluster is full; what follows is another cluster's
 	 * data or padding, so the frame need not end exactly at slen. */
 	while (out.pos < out.size && in.pos < in.size) {
-		size_t r = ZSTD_decompressStream(d, &out, &in);
+		size_t r = ZSTD_decompressStream(f->zd, &out, &in);
 
 		if (ZSTD_isError(r))
-			goto out;
+			return -EIO;
 		if (r == 0 && out.pos < out.size)
-			goto out;   /* frame ended short of a cluster */
+			return -EIO;   /* frame ended short of a cluster */
 	}
-	if (out.pos == out.size)
-		ret = 0;
-out:
-	ZSTD_freeDCtx(d);
-	return ret;
+	return out.pos == out.size ? 0 : -EIO;
 }
 
-int uq_decompress(int type, const void *src, size_t slen, void *dst, size_t dlen)
+int uq_decompress(struct uq_inflater **fp, int type, const void *src, size_t slen,
+		  void *dst, size_t dlen)
 {
 	int ret;
 
-	switch (type) {
-	case QCOW_COMPRESS_ZLIB:
-		ret = zlib_inflate(src, slen, dst, dlen);
-		break;
-	case QCOW_COMPRESS_ZSTD:
-		ret = zstd_inflate(src, slen, dst, dlen);
-		break;
-	default:
+	if (type != QCOW_COMPRESS_ZLIB && type != QCOW_COMPRESS_ZSTD)
 		return uq_seterr(-EINVAL, "compression_type %d is unknown", type);
-	}
+	if (!*fp && !(*fp = calloc(1, sizeof(**fp))))
+		return -ENOMEM;
+	if (type == QCOW_COMPRESS_ZLIB)
+		ret = zlib_inflate(*fp, src, slen, dst, dlen);
+	else
+		ret = zstd_inflate(*fp, src, slen, dst, dlen);
 	if (ret == -EIO)
 		uq_seterr(ret, "compressed cluster data is corrupt (%s)",
 			  type == QCOW_COMPRESS_ZLIB ? "zlib" : "zstd");

@@ -7,10 +7,17 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Inflate src into exactly dlen bytes of dst. Trailing bytes after the
- * stream are ignored (the last sector is shared with the next cluster).
- * Returns 0, or -EIO if the data is corrupt or too short. */
-int uq_decompress(int type, const void *src, size_t slen, void *dst, size_t dlen);
+/* Decompression state reused across clusters; one per queue (struct
+ * uq_ctx), used only by the thread that polls it. */
+struct uq_inflater;
+void uq_inflater_free(struct uq_inflater *f);
+
+/* Inflate src into exactly dlen bytes of dst, with the state in *fp
+ * (created on first use). Trailing bytes after the stream are ignored
+ * (the last sector is shared with the next cluster). Returns 0, or -EIO
+ * if the data is corrupt or too short. */
+int uq_decompress(struct uq_inflater **fp, int type, const void *src, size_t slen,
+		  void *dst, size_t dlen);
 
 /* Compress src into dst (capacity dcap). Returns the compressed length,
  * -ENOSPC if it doesn't fit in dcap (store uncompressed), -errno else. */

@@ -517,6 +517,7 @@ int uq_close_impl(uq_image *img)
 			img->ctx->done_head = d->next;
 			free(d);
 		}
+		uq_ctx_release(img->ctx);
 		io_queue_free(img->ctx->q);
 		free(img->ctx);
 	}

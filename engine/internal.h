@@ -40,6 +40,10 @@ struct uq_ctx {
 	struct uq_ctx *queues, *qnext;   /* under stats.c's lock */
 	uint64_t folded[UQ_STAT_COUNT];  /* destroyed queues'; under the lock */
 	uint64_t base[UQ_STAT_COUNT];
+	/* reused by compressed reads on this queue (read.c) */
+	struct uq_inflater *inflater;
+	uint8_t *scratch;        /* one cluster, for partial compressed reads */
+	size_t scratch_len;
 };
 
 struct uq_snap {
@@ -166,6 +170,8 @@ int uq_read_start(uq_image *img, struct uq_ctx *ctx, void *buf, size_t len,
 		  uint64_t off, void (*done)(void *arg, ssize_t res), void *arg);
 int uq_ctx_poll(struct uq_ctx *ctx, unsigned min_complete);
 void uq_ctx_complete(struct uq_ctx *ctx, struct uq_done *d);
+/* Free what compressed reads kept in ctx (the queue is freed apart). */
+void uq_ctx_release(struct uq_ctx *ctx);
 
 /* Read guest content without delivering user completions (copy-on-write
  * needs the old bytes while the caller is inside a submission). */

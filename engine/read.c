@@ -139,24 +139,48 @@ static void read_backing(struct piece *p, uint8_t *buf, size_t len, uint64_t off
 	memset(buf + in, 0, len - in);
 }
 
+/* A cluster-sized buffer of the queue's, for a partial compressed read. */
+static uint8_t *ctx_scratch(struct uq_ctx *ctx, size_t len)
+{
+	if (ctx->scratch_len < len) {
+		free(ctx->scratch);
+		ctx->scratch_len = 0;
+		ctx->scratch = malloc(len);
+		if (!ctx->scratch)
+			return NULL;
+		ctx->scratch_len = len;
+	}
+	return ctx->scratch;
+}
+
+void uq_ctx_release(struct uq_ctx *ctx)
+{
+	uq_inflater_free(ctx->inflater);
+	ctx->inflater = NULL;
+	free(ctx->scratch);
+	ctx->scratch = NULL;
+	ctx->scratch_len = 0;
+}
+
 static void compressed_done(struct io_req *io, ssize_t res)
 {
 	struct op *op = io->priv;
 	struct rreq *rq = op->rq;
 	uq_image *img = rq->img;
-	uint8_t *cluster = NULL;
+	size_t cs = img->g.cluster_size;
+	uint8_t *cluster = op->dst;
 	int ret = res < 0 ? (int)res : 0;
 
-	if (!ret) {
-		cluster = malloc(img->g.cluster_size);
-		ret = cluster ? uq_decompress(img->h.compression_type, op->cbuf, io->len,
-					      cluster, img->g.cluster_size) : -ENOMEM;
-	}
+	/* a whole cluster is inflated in place, a part through scratch */
+	if (!ret && op->len != cs && !(cluster = ctx_scratch(rq->ctx, cs)))
+		ret = -ENOMEM;
 	if (!ret)
+		ret = uq_decompress(&rq->ctx->inflater, img->h.compression_type,
+				    op->cbuf, io->len, cluster, cs);
+	if (!ret && cluster != op->dst)
 		memcpy(op->dst, cluster + op->intra, op->len);
-	else
+	else if (ret)
 		rreq_fail(rq, ret == -ENOMEM ? ret : -EIO);
-	free(cluster);
 	free(op->cbuf);
 	free(op);
 	rreq_put(rq);
@@ -649,6 +673,7 @@ void uq_queue_destroy_impl(uq_queue *q)
 		q->ctx.done_head = d->next;
 		free(d);
 	}
+	uq_ctx_release(&q->ctx);
 	io_queue_free(q->ctx.q);
 	uq_stats_queue_drop(q->img, &q->ctx);
 	free(q);
