@@ -71,7 +71,8 @@ for opt in fuzz/*.options; do
 	t=$(basename "$opt" .options)
 	srcs="fuzz/$t.c"
 	case $t in
-	image_read|image_ops) srcs="$srcs fuzz/image_mutator.c" ;;
+	image_read) srcs="$srcs fuzz/image_mutator.c fuzz/refread.c" ;;
+	image_ops|image_check) srcs="$srcs fuzz/image_mutator.c" ;;
 	esac
 	tobjs=
 	for s in $srcs; do
