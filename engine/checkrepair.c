@@ -55,6 +55,7 @@ int ck_write_state(struct ck *ck)
 	uq_rc_release(img);
 	img->rc.entries = 0;
 	img->rc.nfrees = img->rc.frees_cap = 0;
+	img->rc.free_clusters = 0;
 	/* uq_write_open would rebuild a dirty image's refcounts on its own
 	 * (the check does that, and reports it) and clear the bitmaps bit
 	 * (repairs don't touch guest data, so bitmaps stay valid) */

@@ -48,7 +48,7 @@ static int l2_for_write(uq_image *img, uint64_t off, uint64_t *out)
 	 * is dirty already costs nothing more. */
 	if (!(l2_off && copied && l2c_is_dirty(img->l2c, l2_off)) &&
 	    (l2c_dirty_count(img->l2c) + 1) * 2 > l2c_slots(img->l2c)) {
-		ret = uq_meta_flush(img);
+		ret = uq_l2_writeback(img);
 		if (ret < 0)
 			return ret;
 	}
@@ -89,7 +89,7 @@ static int l2_for_write(uq_image *img, uint64_t off, uint64_t *out)
 	if (ret == 0)
 		ret = l2c_install(img->l2c, new_off, copy);
 	if (ret == -EBUSY) {            /* every slot dirty: write them out */
-		ret = uq_meta_flush(img);
+		ret = uq_l2_writeback(img);
 		if (ret == 0)
 			ret = l2c_install(img->l2c, new_off, copy);
 	}

@@ -119,6 +119,9 @@ static int check_features(uq_image *img)
 	if (img->exts->has_crypto)
 		return uq_seterr(-ENOTSUP, "header extension: full disk encryption "
 				 "header present: encrypted images are not supported");
+	if ((img->flags & UQ_OPEN_DISCARD_NO_UNREF) && h->version < 3)
+		return uq_seterr(-EINVAL, "version: discard-no-unref needs a version 3 "
+				 "image (compat=1.1); this one is version 2");
 	/* check -r opens corrupt images read-write to repair them */
 	if ((img->flags & UQ_OPEN_RDWR) && !(img->flags & UQ_OPEN_REPAIR) &&
 	    (h->incompatible_features & QCOW_INCOMPAT_CORRUPT))

@@ -67,6 +67,7 @@ struct uq_rc {
 	 * (first cluster, count), in the order they were freed */
 	uint64_t *frees;
 	size_t nfrees, frees_cap; /* runs */
+	uint64_t free_clusters;   /* in those runs: the deferred-free budget */
 	bool lazy;                /* lazy refcounts: blocks reach disk on close */
 };
 
@@ -139,6 +140,10 @@ struct uq_image {
 	struct uq_metaset meta;
 	bool l1_dirty;
 	unsigned writes_inflight; /* async data writes not yet completed */
+	/* changes (writes, punches, truncations) counted on file and data
+	 * at their last fsync: a sync with nothing new to make durable is
+	 * skipped (writeback.c) */
+	uint64_t synced_file, synced_data;
 };
 
 static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
@@ -200,6 +205,13 @@ int uq_write_close(uq_image *img);
 
 /* writeback.c */
 int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
+/* Room in the L2 cache: dirty L2 tables written (after the refcount
+ * increases they rely on are durable); L1 and the deferred frees wait
+ * for a flush unless the frees are over their budget. */
+int uq_l2_writeback(uq_image *img);
+/* The deferred frees past which a writeback becomes a flush. */
+#define UQ_FREE_BUDGET_BYTES (256ull << 20)
+#define UQ_FREE_BUDGET_RUNS 65536
 
 
 /* create.c */

@@ -407,6 +407,7 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
 
 	uint64_t *run = img->rc.nfrees ? &img->rc.frees[2 * (img->rc.nfrees - 1)] : NULL;
 
+	img->rc.free_clusters += last - first + 1;
 	/* a discard frees clusters in a row: one run, not one entry each */
 	if (run && run[0] + run[1] == first) {
 		run[1] += last - first + 1;
@@ -462,18 +463,48 @@ static int free_one(uq_image *img, uint64_t c, uint64_t *run_first, uint64_t *ru
 	return ret;
 }
 
+static int run_cmp(const void *a, const void *b)
+{
+	const uint64_t *x = a, *y = b;
+
+	return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* Sort the runs and join those that touch, so that frees from many L2
+ * tables become one punch per stretch of the file. A cluster freed twice
+ * (a snapshot's reference and ours) stays in two runs: two decrements. */
+static void merge_runs(uq_image *img)
+{
+	uint64_t *f = img->rc.frees;
+	size_t n = 0;
+
+	qsort(f, img->rc.nfrees, 2 * sizeof(*f), run_cmp);
+	for (size_t i = 0; i < img->rc.nfrees; i++) {
+		if (n && f[2 * (n - 1)] + f[2 * (n - 1) + 1] == f[2 * i]) {
+			f[2 * (n - 1) + 1] += f[2 * i + 1];
+			continue;
+		}
+		f[2 * n] = f[2 * i];
+		f[2 * n + 1] = f[2 * i + 1];
+		n++;
+	}
+	img->rc.nfrees = n;
+}
+
 int uq_rc_apply_frees(uq_image *img)
 {
 	uint64_t run_first = 0, run_n = 0;
 	int ret = 0;
 
 	/* runs once the L2 tables that dropped these clusters are on disk */
+	merge_runs(img);
 	for (size_t i = 0; i < img->rc.nfrees && ret == 0; i++)
 		for (uint64_t k = 0; k < img->rc.frees[2 * i + 1] && ret == 0; k++)
 			ret = free_one(img, img->rc.frees[2 * i] + k, &run_first, &run_n);
 	if (ret == 0)
 		ret = punch(img, run_first, run_n);
 	img->rc.nfrees = 0;
+	img->rc.free_clusters = 0;
 	return ret;
 }
 
@@ -721,6 +752,7 @@ int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		img->alloc.written_end = img->alloc.host_end;
 	img->alloc.free_hint = 1;
 	img->rc.nfrees = img->rc.frees_cap = 0;
+	img->rc.free_clusters = 0;
 	ret = uq_rc_load(img);
 	if (ret == 0)
 		ret = uq_meta_add(img, T * c, (tc + nb) * c);

@@ -95,9 +95,22 @@ static int submit(uq_image *img, enum wkind kind, const uint8_t *buf, uint64_t l
 		} else if (kind == W_ZERO) {
 			ret = uq_zero_piece(wr, pos, n, flags);
 		} else {
-			ret = uq_discard_piece(wr, pos, n);
+			uint64_t span = uq_discard_table_span(img, pos, len - done);
+
+			if (span) {
+				n = (size_t)span;
+				ret = uq_discard_table(img, pos);
+			} else {
+				ret = uq_discard_piece(wr, pos, n);
+			}
 		}
 		done += n;
+	}
+	if (kind == W_DISCARD) {
+		int pret = uq_punch_kept_flush(wr);
+
+		if (ret == 0)
+			ret = pret;
 	}
 	if (ret < 0) {
 		wr->err = ret;

@@ -57,6 +57,8 @@ static const char *const names[UQ_STAT_COUNT] = {
 	[UQ_STAT_COMPRESSED_WRITES] = "compressed_writes",
 	[UQ_STAT_META_FLUSHES] = "meta_flushes",
 	[UQ_STAT_REFBLOCK_EVICTIONS] = "refblock_evictions",
+	[UQ_STAT_L2_BATCH_WRITEBACKS] = "l2_batch_writebacks",
+	[UQ_STAT_L2_TABLES_FREED] = "l2_tables_freed",
 };
 
 const char *uq_stat_name(unsigned stat)

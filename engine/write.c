@@ -267,6 +267,16 @@ out:
 
 /* ---- zeroing and discard ---- */
 
+/* Does discard-no-unref keep this mapping? Only a cluster this image owns
+ * alone: a shared one (snapshot) is released as usual, since writing into
+ * it later copies it anyway, and a compressed one can't be written in
+ * place. */
+static bool no_unref_keeps(const uq_image *img, const struct uq_l2map *m)
+{
+	return (img->flags & UQ_OPEN_DISCARD_NO_UNREF) && m->host_off && m->copied &&
+	       (m->type == UQ_C_NORMAL || m->type == UQ_C_ZERO || m->type == UQ_C_SUBCLUSTERS);
+}
+
 int uq_zero_piece(struct wreq *wr, uint64_t off, size_t len, unsigned flags)
 {
 	uq_image *img = wr->img;
@@ -280,6 +290,8 @@ int uq_zero_piece(struct wreq *wr, uint64_t off, size_t len, unsigned flags)
 	ret = uq_map_entry(img, off, &m);
 	if (ret < 0)
 		return ret;
+	if ((flags & UQ_ZERO_UNMAP) && no_unref_keeps(img, &m))
+		flags &= ~UQ_ZERO_UNMAP;   /* discard-no-unref: keep the cluster */
 	if (uq_reads_zero(img, &m) && !(full && (flags & UQ_ZERO_UNMAP) && m.host_off))
 		return 0;
 	bool raw_data = img->h.autoclear_features & QCOW_AUTOCLEAR_DATA_FILE_RAW;
@@ -323,6 +335,39 @@ int uq_zero_piece(struct wreq *wr, uint64_t off, size_t len, unsigned flags)
 	return ret;
 }
 
+/* discard-no-unref: the cluster stays ours, marked zero; its bytes may go
+ * back to the file system now (reads of a zero entry never look at them,
+ * and a crash before the entry is written leaves a discarded range
+ * reading zeros, which a discard allows). Punches of neighbouring
+ * clusters of one request are merged. */
+static int punch_kept(struct wreq *wr, uint64_t host)
+{
+	uq_image *img = wr->img;
+
+	if (img->flags & UQ_OPEN_KEEP_DISCARDED)
+		return 0;
+	if (wr->punch_len && wr->punch_off + wr->punch_len == host) {
+		wr->punch_len += csz(img);
+		return 0;
+	}
+	int ret = uq_punch_kept_flush(wr);
+
+	wr->punch_off = host;
+	wr->punch_len = csz(img);
+	return ret;
+}
+
+int uq_punch_kept_flush(struct wreq *wr)
+{
+	struct io_req r = { .op = IO_PUNCH, .file = wr->img->data, .off = wr->punch_off,
+			    .len = (size_t)wr->punch_len };
+	ssize_t ret = wr->punch_len ? io_exec_sync(&r) : 0;
+
+	wr->punch_len = 0;
+	return ret < 0 ? uq_seterr((int)ret, "%s: releasing discarded clusters failed: %s",
+				   wr->img->path, strerror((int)-ret)) : 0;
+}
+
 int uq_discard_piece(struct wreq *wr, uint64_t off, size_t len)
 {
 	uq_image *img = wr->img;
@@ -343,12 +388,68 @@ int uq_discard_piece(struct wreq *wr, uint64_t off, size_t len)
 		return ret;
 	if (m.type == UQ_C_UNALLOC && !keep_zero)
 		return 0;
+	if (no_unref_keeps(img, &m)) {
+		uint32_t all = uq_sc_in_image(img, cstart);
+
+		if (img->g.extended_l2)
+			ret = uq_l2_set(img, off, m.host_off | QCOW_OFLAG_COPIED, (uint64_t)all << 32);
+		else
+			ret = uq_l2_set(img, off, m.host_off | QCOW_OFLAG_COPIED | QCOW_OFLAG_ZERO, 0);
+		return ret ? ret : punch_kept(wr, m.host_off);
+	}
 	if (img->g.extended_l2)
 		ret = uq_l2_set(img, off, 0,
 				keep_zero ? (uint64_t)uq_sc_in_image(img, cstart) << 32 : 0);
 	else
 		ret = uq_l2_set(img, off, keep_zero ? QCOW_OFLAG_ZERO : 0, 0);
 	return ret ? ret : uq_mapping_release(img, &m, 0);
+}
+
+uint64_t uq_discard_table_span(const uq_image *img, uint64_t off, uint64_t len)
+{
+	uint64_t span = (uint64_t)img->g.l2_entries << img->g.cluster_bits;
+	uint64_t end = off + span < img->size ? off + span : img->size;
+
+	/* with a backing file discarded clusters must read zeros, which only
+	 * entries can say; external data clusters aren't ours to free */
+	if (img->backing || img->g.external_data || (img->flags & UQ_OPEN_DISCARD_NO_UNREF) ||
+	    (off & (span - 1)) || off + len < end)
+		return 0;
+	return end - off;
+}
+
+/* A discard that covers all an L2 table maps: instead of zeroing every
+ * entry and writing the table, drop each mapping's reference, clear the
+ * L1 entry and free the table itself. The frees wait, as always, until
+ * the new L1 is durable; until then the old table on disk is still whole
+ * and its clusters still allocated, so a crash leaves the old mapping.
+ * The freed table sits next to the data it mapped, so the frees merge
+ * into one punch where per-entry discards punch once per table. */
+int uq_discard_table(uq_image *img, uint64_t off)
+{
+	uint64_t l1i = uq_cluster_of(img, off) >> img->g.l2_bits;
+	uint64_t l2_off = 0, span = (uint64_t)img->g.l2_entries << img->g.cluster_bits;
+	struct uq_l2map m;
+	bool copied;
+	int ret;
+
+	if (l1i >= img->h.l1_size)
+		return 0;
+	ret = uq_l1_decode(&img->g, img->l1[l1i], &l2_off, &copied);
+	if (ret < 0 || !l2_off)
+		return ret;
+	for (uint64_t g = off; g < off + span && g < img->size && ret == 0; g += csz(img)) {
+		ret = uq_map_entry(img, g, &m);
+		if (ret == 0)
+			ret = uq_mapping_release(img, &m, 0);
+	}
+	if (ret < 0)
+		return ret;
+	img->l1[l1i] = 0;
+	img->l1_dirty = true;
+	l2c_invalidate(img->l2c, l2_off);
+	uq_count(img->ctx, UQ_STAT_L2_TABLES_FREED, 1);
+	return uq_rc_free_later(img, l2_off, csz(img));
 }
 
 /* A plain or subcluster write of one cluster's piece. */

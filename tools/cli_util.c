@@ -83,6 +83,28 @@ static int set_rc_cache(struct cli_open *o, const char *arg)
 }
 
 /* "-o l2-cache-size=1M[,...]": the open options uqcow knows. */
+/* on/off options set or clear one UQ_OPEN_* flag; 'set_on' says which
+ * value sets it */
+static int set_flag(struct cli_open *o, const char *key, const char *val, unsigned flag,
+		    bool set_on)
+{
+	bool on;
+
+	if (!strcmp(val, "on") || !strcmp(val, "true"))
+		on = true;
+	else if (!strcmp(val, "off") || !strcmp(val, "false"))
+		on = false;
+	else {
+		cli_error("open option '%s' takes on or off, not '%s'", key, val);
+		return -EINVAL;
+	}
+	if (on == set_on)
+		o->flags |= flag;
+	else
+		o->flags &= ~flag;
+	return 0;
+}
+
 int cli_set_open_options(struct cli_open *o, const char *arg)
 {
 	char *dup = strdup(arg), *save = NULL, *kv;
@@ -105,9 +127,13 @@ int cli_set_open_options(struct cli_open *o, const char *arg)
 		} else if (!strcmp(kv, "refcount-cache-size") ||
 			   !strcmp(kv, "refcount_cache_size")) {
 			ret = set_rc_cache(o, val);
+		} else if (!strcmp(kv, "discard-no-unref")) {
+			ret = set_flag(o, kv, val, UQ_OPEN_DISCARD_NO_UNREF, true);
+		} else if (!strcmp(kv, "pass-discard-request")) {
+			ret = set_flag(o, kv, val, UQ_OPEN_KEEP_DISCARDED, false);
 		} else {
 			cli_error("unknown open option '%s' (known: l2-cache-size, "
-				  "refcount-cache-size)", kv);
+				  "refcount-cache-size, discard-no-unref, pass-discard-request)", kv);
 			ret = -EINVAL;
 		}
 	}

@@ -39,6 +39,15 @@ enum uq_format {
  * held, so the open works while another process writes the image, and
  * may see it change underneath. With UQ_OPEN_RDWR: -EINVAL. */
 #define UQ_OPEN_FORCE_SHARE (1u << 4)
+/* QEMU's discard-no-unref (qcow2 v3 only): a discard, or a write-zeroes
+ * that may unmap, keeps the host clusters this image owns allocated and
+ * marks them zero, so they are reused in place instead of freed and
+ * allocated again elsewhere (no fragmentation, no file growing past the
+ * virtual size). A discard still gives the kept cluster's space back to
+ * the file system (a punch) unless UQ_OPEN_KEEP_DISCARDED is set, as
+ * QEMU's pass-discard-request=off. On a v2 image uq_open fails -EINVAL. */
+#define UQ_OPEN_DISCARD_NO_UNREF (1u << 5)
+#define UQ_OPEN_KEEP_DISCARDED   (1u << 6)
 
 struct uq_open_opts {
 	size_t struct_size;       /* sizeof(struct uq_open_opts): lets the ABI grow */
@@ -423,8 +432,10 @@ enum uq_stat {
 	UQ_STAT_REFBLOCK_LOADS, UQ_STAT_REFBLOCK_WRITEBACKS,
 	UQ_STAT_CLUSTERS_ALLOCATED, UQ_STAT_CLUSTERS_FREED,
 	UQ_STAT_COW_COPIES, UQ_STAT_COMPRESSED_WRITES,
-	UQ_STAT_META_FLUSHES,     /* metadata writebacks (each ends in a sync) */
+	UQ_STAT_META_FLUSHES,     /* full metadata writebacks (flush, close, budget) */
 	UQ_STAT_REFBLOCK_EVICTIONS, /* refcount blocks dropped from the bounded cache */
+	UQ_STAT_L2_BATCH_WRITEBACKS, /* dirty L2 tables written to make room, no sync after */
+	UQ_STAT_L2_TABLES_FREED,  /* L2 tables dropped by discards of their whole range */
 
 	UQ_STAT_COUNT
 };

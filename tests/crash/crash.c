@@ -236,8 +236,9 @@ int run_start(struct run *R, const char *name, const struct cfg *c)
 	struct uq_create_opts co = { .struct_size = sizeof(co), .size = c->size,
 				     .cluster_size = c->cs, .refcount_bits = c->bits,
 				     .lazy_refcounts = c->lazy };
-	struct uq_open_opts o = { .struct_size = sizeof(o), .flags = UQ_OPEN_RDWR,
-				  .refcount_cache_size = c->rc_cache };
+	struct uq_open_opts o = { .struct_size = sizeof(o), .flags = UQ_OPEN_RDWR | c->open_flags,
+				  .refcount_cache_size = c->rc_cache,
+				  .l2_cache_size = c->l2_cache };
 	char bpath[128];
 	uint8_t *file = NULL;
 	uint64_t flen = 0;

@@ -22,6 +22,8 @@ struct cfg {
 	uint64_t size;         /* virtual size at creation */
 	uint64_t seed;
 	uint64_t rc_cache;     /* refcount_cache_size; 0: the engine's default */
+	uint64_t l2_cache;     /* l2_cache_size; 0: the engine's default */
+	unsigned open_flags;   /* UQ_OPEN_* added to the writable open */
 	uint32_t bitmap_gran;  /* nonzero: an enabled bitmap "b" of this
 				* granularity is added before the run */
 };

@@ -401,6 +401,8 @@ struct workload {
 	void (*fn)(struct run *R);
 	uint64_t rc_cache;  /* refcount_cache_size (1: the 2-block minimum) */
 	uint32_t bitmap_gran;  /* an enabled bitmap of this granularity (0: none) */
+	uint64_t l2_cache;  /* l2_cache_size (0: the engine's default) */
+	unsigned open_flags;  /* UQ_OPEN_* for the run's image */
 };
 
 /* Refcount blocks dropped from a 2-block cache, dirty ones written back
@@ -426,20 +428,93 @@ static void wl_evict(struct run *R)
 	}
 }
 
+/* Deferred frees under a two-table L2 cache (the minimum): dirty tables
+ * are written back to make room with no sync and nothing freed; discards
+ * of whole tables drop them from L1 (shared ones too, once a snapshot
+ * shares them); everything freed is merged into runs at the flush. With
+ * 512-byte clusters a table maps 64 clusters, 32 KiB. */
+static void wl_batch(struct run *R)
+{
+	uint64_t span = (R->c.cs / 8) * R->c.cs, off, len;
+	int snaps = 0;
+
+	for (int i = 0; i < 40; i++) {
+		uint64_t r = rnd_below(R, 16);
+
+		if (r < 6) {
+			off = pick(R, 3 * spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r < 9) {
+			off = pick_clusters(R, 4, &len);
+			g_discard(R, off, len);
+		} else if (r < 12) {
+			off = rnd_below(R, R->size / span) * span;
+			len = (1 + rnd_below(R, 2)) * span;
+			g_discard(R, off, off + len > R->size ? R->size - off : len);
+		} else if (r == 12 && snaps < 2) {
+			char name[8];
+
+			snprintf(name, sizeof(name), "s%d", ++snaps);
+			g_snapshot(R, 'c', name);   /* refused at 1 bit: no change */
+		} else {
+			off = rnd_below(R, R->size / span) * span;
+			g_write(R, off, span, 0);   /* a whole table's worth */
+		}
+		if (i % 10 == 9)
+			g_flush(R);
+	}
+}
+
+/* discard-no-unref: discards and unmapping zeroes keep the clusters,
+ * marked zero, and punch their bytes before the entry is written; later
+ * writes go back into them in place. A snapshot makes some shared, and
+ * those are released as usual. */
+static void wl_nounref(struct run *R)
+{
+	uint64_t off, len, woff = 0, wlen = 0, cs = R->c.cs;
+	bool snapped = false;
+
+	for (int i = 0; i < 44; i++) {
+		uint64_t r = rnd_below(R, 20);
+
+		if (r < 8) {
+			woff = pick(R, 3 * spc(R), &wlen);
+			g_write(R, woff, wlen, 0);
+		} else if (r < 12 && wlen) {
+			/* the clusters just written: kept, not freed */
+			off = woff & ~(cs - 1);
+			g_discard(R, off, (woff + wlen + cs - 1) / cs * cs - off);
+		} else if (r < 15) {
+			off = pick_clusters(R, 8, &len);
+			g_discard(R, off, len);
+		} else if (r < 19) {
+			off = wlen && r < 17 ? woff : pick(R, 3 * spc(R), &len);
+			g_zero(R, off, wlen && r < 17 ? wlen : len, UQ_ZERO_UNMAP);
+		} else if (i > 22 && !snapped) {
+			snapped = true;
+			g_snapshot(R, 'c', "s1");   /* refused at 1 bit: no change */
+		}
+		if (i % 5 == 4)
+			g_flush(R);
+	}
+}
+
 static const struct workload workloads[] = {
-	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0, 0 },
-	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0, 0 },
-	{ "cow",      1024, 256 << 10, 1, 8, wl_cow, 0, 0 },
-	{ "zero",     512,  128 << 10, 0, 8, wl_zero, 0, 0 },
-	{ "discard",  512,  128 << 10, 0, 8, wl_discard, 0, 0 },
-	{ "compress", 4096, 256 << 10, 0, 8, wl_compress, 0, 0 },
-	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow, 0, 0 },
-	{ "l2",       512,  2 << 20,   0, 8, wl_l2, 0, 0 },
-	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0, 0 },
-	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0, 0 },
-	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0, 0 },
-	{ "evict",    512,  6 << 20,   0, 1, wl_evict, 1, 0 },
-	{ "bitmap",   512,  64 << 10,  0, 8, wl_bitmap, 0, 1024 },
+	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0, 0, 0, 0 },
+	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0, 0, 0, 0 },
+	{ "cow",      1024, 256 << 10, 1, 8, wl_cow, 0, 0, 0, 0 },
+	{ "zero",     512,  128 << 10, 0, 8, wl_zero, 0, 0, 0, 0 },
+	{ "discard",  512,  128 << 10, 0, 8, wl_discard, 0, 0, 0, 0 },
+	{ "compress", 4096, 256 << 10, 0, 8, wl_compress, 0, 0, 0, 0 },
+	{ "rcgrow",   512,  9 << 20,   0, 3, wl_rcgrow, 0, 0, 0, 0 },
+	{ "l2",       512,  2 << 20,   0, 8, wl_l2, 0, 0, 0, 0 },
+	{ "amend",    1024, 128 << 10, 0, 8, wl_amend, 0, 0, 0, 0 },
+	{ "resize",   512,  48 << 10,  0, 8, wl_resize, 0, 0, 0, 0 },
+	{ "snapshot", 512,  64 << 10,  0, 8, wl_snapshot, 0, 0, 0, 0 },
+	{ "evict",    512,  6 << 20,   0, 1, wl_evict, 1, 0, 0, 0 },
+	{ "bitmap",   512,  64 << 10,  0, 8, wl_bitmap, 0, 1024, 0, 0 },
+	{ "batch",    512,  256 << 10, 0, 8, wl_batch, 0, 0, 1024, 0 },
+	{ "nounref",  512,  128 << 10, 0, 8, wl_nounref, 0, 0, 0, UQ_OPEN_DISCARD_NO_UNREF },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 
@@ -452,9 +527,11 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 {
 	struct cfg c = { .cs = w->cs, .bits = bits, .lazy = lazy, .backing = w->backing,
 			 .size = w->size, .rc_cache = w->rc_cache,
-			 .bitmap_gran = w->bitmap_gran };
+			 .bitmap_gran = w->bitmap_gran, .l2_cache = w->l2_cache,
+			 .open_flags = w->open_flags };
 	struct run R = { .verbose = verbose, .qemu_budget = 5 };
 	unsigned long states = 0;
+	uint64_t batches = 0, dropped = 0, punches = 0;
 	char snaps[80] = "";
 	int ret;
 
@@ -466,14 +543,25 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 
 		w->fn(&R);
 		g_flush(&R);
-		if (uq_get_stats(R.img, &st) == 0)
+		if (uq_get_stats(R.img, &st) == 0) {
 			R.evictions = st.v[UQ_STAT_REFBLOCK_EVICTIONS];
+			batches = st.v[UQ_STAT_L2_BATCH_WRITEBACKS];
+			dropped = st.v[UQ_STAT_L2_TABLES_FREED];
+			punches = st.v[UQ_STAT_FILE_PUNCH_OPS];
+		}
 		run_close(&R);
 		/* the workload is there to make it grow: a run that didn't
 		 * tested nothing it was meant to */
 		if (w->fn == wl_rcgrow && rcgrow_must_grow(&R) && !R.reftable_grew)
 			fail(&R, "the refcount table did not grow, though the workload "
 			     "wrote past what it covered");
+		if (w->fn == wl_batch && (!batches || !dropped))
+			fail(&R, "%llu L2 writebacks to make room, %llu tables dropped: the "
+			     "workload tested nothing it was meant to",
+			     (unsigned long long)batches, (unsigned long long)dropped);
+		if ((w->open_flags & UQ_OPEN_DISCARD_NO_UNREF) && !punches)
+			fail(&R, "no kept cluster was punched: the workload tested nothing "
+			     "it was meant to");
 		if (w->rc_cache && R.evictions == 0)
 			fail(&R, "no refcount block was evicted: the workload tested "
 			     "nothing it was meant to");
@@ -487,6 +575,9 @@ static int run_one(const struct workload *w, size_t wi, uint32_t bits, int lazy,
 	if (w->rc_cache)
 		snprintf(snaps, sizeof(snaps), ", %llu refcount blocks evicted",
 			 (unsigned long long)R.evictions);
+	if (w->fn == wl_batch)
+		snprintf(snaps, sizeof(snaps), ", %llu L2 batch writebacks, %llu tables dropped",
+			 (unsigned long long)batches, (unsigned long long)dropped);
 	if (w->bitmap_gran)
 		snprintf(snaps, sizeof(snaps), ", bitmap in use in %lu states, exact in %lu",
 			 R.bm_in_use, R.bm_exact);

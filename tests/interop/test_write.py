@@ -487,6 +487,96 @@ def io_case(root, name, opts, backing, seed, nops):
     return r
 
 
+NO_UNREF_CONFIGS = [('nu-rb1', 'refcount_bits=1', None), ('nu-rb16', '', None),
+                    ('nu-c512-rb4', 'cluster_size=512,refcount_bits=4', None),
+                    ('nu-extl2', 'extended_l2=on', None), ('nu-lazy', 'lazy_refcounts=on', None),
+                    ('nu-back', '', 'qcow2')]
+
+
+def qemu_end(path, d):
+    """(allocated clusters, image end offset) from qemu-img check."""
+    _, out, _ = run(['qemu-img', 'check', '--output=json', path], d)
+    try:
+        j = json.loads(out)
+        return j.get('allocated-clusters'), j.get('image-end-offset')
+    except ValueError:
+        return None, None
+
+
+def io_no_unref(root, name, opts, backing, seed, nops):
+    """discard-no-unref (qemu 8.1's option; this qemu predates it, so the
+    oracles are a raw model and qemu-img check): contents as with plain
+    discards, and the same commands run again allocate nothing: every
+    cluster a write ever had stays the image's (exact: the second pass
+    counts no allocated clusters), and the file doesn't grow."""
+    r = Result('io ' + name)
+    d = os.path.join(root, 'io', name)
+    os.makedirs(d)
+    cs = parse_size(opt_value(opts, 'cluster_size', '65536'))
+    extra = []
+    if backing:
+        extra = ['-b', make_base(d, backing), '-F', backing]
+        run(['qemu-img', 'convert', '-f', backing, '-O', 'raw', extra[1], 'model.raw'], d)
+    else:
+        run(['qemu-img', 'create', '-q', '-f', 'raw', 'model.raw', str(SIZE)], d)
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2'] + (['-o', opts] if opts else []) + extra +
+        ['u.qcow2', str(SIZE)], d)
+    rng = random.Random('%s-%d' % (name, seed))
+    ops = io_ops(cs, rng, nops, False, backing)
+    # random ranges seldom cover written clusters: discard and unmap-zero
+    # what writes just wrote, then write parts of it again
+    for op in [o for o in ops if o.startswith('write -P')][:12]:
+        off, ln = int(op.split()[-2]), int(op.split()[-1])
+        ops.append(rng.choice(['discard %d %d', 'write -z -u %d %d']) % (off, ln))
+        ops.append('write -P 0x5a %d %d' % (off + ln // 3, max(1, ln // 3)))
+    ua = ['io', '-o', 'discard-no-unref=on']
+    ma = ['qemu-io', '-f', 'raw']
+    for op in ops:
+        ua += ['-c', op]
+    for op in raw_model_ops(ops, cs, False):
+        ma += ['-c', op]
+    ends = []
+    for attempt in (1, 2):
+        rc, out, err = uq(ua + (['--stats'] if attempt == 2 else []) + ['u.qcow2'], d)
+        if rc != 0:
+            r.fail('pass %d: exit %s: %s  [%s]' % (attempt, rc, line1(err),
+                                                   show([EXE] + ua + ['u.qcow2'], d)))
+            return r
+        why = qemu_check('u.qcow2', d)
+        if why:
+            r.fail('pass %d: %s  [%s]' % (attempt, why, show([EXE] + ua + ['u.qcow2'], d)))
+        ends.append(qemu_end('u.qcow2', d))
+    m = re.search(r'^  clusters_allocated +(\d+)$', out, re.M)
+    if m:
+        r.fail('the second pass allocated %s clusters' % m.group(1))
+    run(ma + ['model.raw'], d)
+    run(ma + ['model.raw'], d)
+    rc, out, err = run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw', 'u.qcow2',
+                        'model.raw'], d)
+    if rc != 0:
+        r.fail('contents differ from the raw model: %s' % (line1(out) or line1(err)))
+    if ends[0] != ends[1] or None in ends[0]:
+        r.fail('the second pass grew the image: (clusters, end) %r then %r' % (ends[0], ends[1]))
+    if not r.fails:
+        shutil.rmtree(d)
+    return r
+
+
+def io_no_unref_v2(root):
+    """A v2 image can't record a kept zero cluster: refused, untouched."""
+    r = Result('io no-unref v2')
+    d = os.path.join(root, 'io', 'nu-v2')
+    os.makedirs(d)
+    run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', 'v2.qcow2', '1M'], d)
+    before = open(os.path.join(d, 'v2.qcow2'), 'rb').read()
+    rc, out, err = uq(['io', '-o', 'discard-no-unref=on', '-c', 'discard 0 64k', 'v2.qcow2'], d)
+    if rc != 1 or len(err.splitlines()) != 1 or 'discard-no-unref' not in err:
+        r.fail('exit %s, stderr %r' % (rc, err))
+    if open(os.path.join(d, 'v2.qcow2'), 'rb').read() != before:
+        r.fail('the refused image changed')
+    return r
+
+
 def io_errors(root):
     """Bad commands: an error line each, the others still run, exit 1."""
     r = Result('io errors')
@@ -765,6 +855,9 @@ def main():
         jobs += [(io_case, (root, n, o, b, a.seed, 15 if a.quick else a.ops))
                  for n, o, b in io_cases(a.quick, a.io_configs)]
         jobs.append((io_errors, (root,)))
+        jobs += [(io_no_unref, (root, n, o, b, a.seed, 15 if a.quick else a.ops))
+                 for n, o, b in NO_UNREF_CONFIGS if not a.io_configs or n in a.io_configs]
+        jobs.append((io_no_unref_v2, (root,)))
     if 'convert' in only:
         jobs += [(convert_case, c) for c in convert_cases(root, a.quick)]
         jobs.append((convert_misc, (root,)))

@@ -126,42 +126,83 @@ static void alloc_write(const char *path, unsigned bits, enum uq_backend be)
 	       { "l2_writebacks", 1 }, { "refblock_loads", 1 }, { "refblock_writebacks", 1 },
 	       { "clusters_allocated", 2 }, { "meta_flushes", 1 });
 
-	/* a second flush has nothing to write: one sync for the data */
+	/* a second flush has nothing to write, and nothing changed since the
+	 * last sync: no sync at all */
 	CHECK(uq_reset_stats(img) == 0);
 	CHECK(uq_flush(img) == 0);
-	EXPECT(img, "empty flush", { "req_flush_ops", 1 }, { "file_sync_ops", 1 });
+	EXPECT(img, "empty flush", { "req_flush_ops", 1 });
+	/* an in-place rewrite makes the next flush sync once, for the data */
+	CHECK(uq_pwrite(img, buf, 4096, 0, 0) == 4096);
+	CHECK(uq_reset_stats(img) == 0);
+	CHECK(uq_flush(img) == 0);
+	EXPECT(img, "data-only flush", { "req_flush_ops", 1 }, { "file_sync_ops", 1 });
 	CHECK(uq_close(img) == 0);
 }
 
-/* Discarding one L2 table's worth (2 MiB, 512 clusters) that was written
- * after a 4 KiB write at 0. Host clusters: 0 header, 1 refcount table,
- * 2 refcount block, 3 L1, 4 the first write (data is allocated before the
- * L2 table that maps it), 5 the L2 table, 6..516 the rest. So the freed
- * data is two runs, one refcount block at 1 and 16 bits. At 64 bits a
- * block covers 512 clusters: cluster 512 needed a second block, which
- * took cluster 512 itself, so three runs and both blocks. Flush: nothing
- * to increase (sync), the L2 table, sync, the decreases, sync. */
-static void discard_table(const char *path, unsigned bits, enum uq_backend be)
+/* Discards after a 4 KiB write at 0 and a 2 MiB write over it (one L2
+ * table's worth, 512 clusters). Host clusters: 0 header, 1 refcount
+ * table, 2 refcount block, 3 L1, 4 the first write (data is allocated
+ * before the L2 table that maps it), 5 the L2 table, 6..516 the rest. At
+ * 64 bits a block covers 512 clusters: cluster 512 needed a second block,
+ * which took cluster 512 itself (data 6..511 and 513..517), so the freed
+ * clusters are split there, and both blocks change. Nothing changed since
+ * the last flush's sync, so the discard's flush syncs only after what it
+ * writes itself. */
+static uq_image *written_table(const char *path, unsigned bits, enum uq_backend be)
 {
 	uq_image *img = fresh(path, bits, be, NULL);
-	uint64_t blocks = bits == 64 ? 2 : 1;
 
 	CHECK(uq_pwrite(img, buf, 4096, 0, 0) == 4096);
 	CHECK(uq_pwrite(img, buf, 2 << 20, 0, 0) == 2 << 20);
 	CHECK(uq_flush(img) == 0);
 	CHECK(uq_reset_stats(img) == 0);
+	return img;
+}
+
+/* The whole table's range: the table is dropped, not written. Its L1
+ * entry is cleared (L1 write, sync), then the data and the table itself
+ * (cluster 5, between the data clusters) are freed in one run, one punch
+ * (two at 64 bits), and the blocks written, sync. */
+static void discard_table(const char *path, unsigned bits, enum uq_backend be)
+{
+	uq_image *img = written_table(path, bits, be);
+	uint64_t blocks = bits == 64 ? 2 : 1;
+
 	CHECK(uq_discard(img, 0, 2 << 20) == 0);
 	CHECK(uq_flush(img) == 0);
 	EXPECT(img, "discard of one L2 table",
 	       { "req_discard_ops", 1 }, { "req_discard_bytes", 2 << 20 },
 	       { "req_flush_ops", 1 },
+	       { "file_write_ops", 1 + blocks }, { "file_write_bytes", L1_BYTES + blocks * CS },
+	       { "file_sync_ops", 2 },
+	       { "file_punch_ops", blocks }, { "file_punch_bytes", 513 * CS },
+	       { "l1_write_ops", 1 }, { "l1_write_bytes", L1_BYTES },
+	       { "refblock_write_ops", blocks }, { "refblock_write_bytes", blocks * CS },
+	       { "l2_hits", 512 }, { "refblock_writebacks", blocks },
+	       { "clusters_freed", 513 }, { "meta_flushes", 1 }, { "l2_tables_freed", 1 });
+	CHECK(uq_close(img) == 0);
+}
+
+/* All but the first cluster: the entries are cleared and the table
+ * written (sync), then the 511 data clusters freed, one punch (two at 64
+ * bits), and the blocks written, sync. */
+static void discard_entries(const char *path, unsigned bits, enum uq_backend be)
+{
+	uq_image *img = written_table(path, bits, be);
+	uint64_t blocks = bits == 64 ? 2 : 1;
+
+	CHECK(uq_discard(img, 4096, (2 << 20) - 4096) == 0);
+	CHECK(uq_flush(img) == 0);
+	EXPECT(img, "discard of 511 entries",
+	       { "req_discard_ops", 1 }, { "req_discard_bytes", (2 << 20) - 4096 },
+	       { "req_flush_ops", 1 },
 	       { "file_write_ops", 1 + blocks }, { "file_write_bytes", CS + blocks * CS },
-	       { "file_sync_ops", 3 },
-	       { "file_punch_ops", blocks + 1 }, { "file_punch_bytes", 2 << 20 },
+	       { "file_sync_ops", 2 },
+	       { "file_punch_ops", blocks }, { "file_punch_bytes", 511 * CS },
 	       { "l2_write_ops", 1 }, { "l2_write_bytes", CS },
 	       { "refblock_write_ops", blocks }, { "refblock_write_bytes", blocks * CS },
-	       { "l2_hits", 512 }, { "l2_writebacks", 1 }, { "refblock_writebacks", blocks },
-	       { "clusters_freed", 512 }, { "meta_flushes", 1 });
+	       { "l2_hits", 511 }, { "l2_writebacks", 1 }, { "refblock_writebacks", blocks },
+	       { "clusters_freed", 511 }, { "meta_flushes", 1 });
 	CHECK(uq_close(img) == 0);
 }
 
@@ -283,6 +324,7 @@ int main(void)
 			test_where = where;
 			alloc_write(path, widths[i], bes[b].be);
 			discard_table(path, widths[i], bes[b].be);
+			discard_entries(path, widths[i], bes[b].be);
 			compressed(path, widths[i], bes[b].be);
 			if (widths[i] > 1)
 				cow_snapshot(path, widths[i], bes[b].be);
