@@ -102,6 +102,7 @@ static int open_rw(const uint8_t *data, size_t size, uq_image **img,
 		   struct io_fault **rec)
 {
 	struct uq_open_opts o;
+	struct io_file *f;
 	int ret;
 
 	memset(&o, 0, sizeof(o));
@@ -115,10 +116,16 @@ static int open_rw(const uint8_t *data, size_t size, uq_image **img,
 	if (ret < 0)
 		return ret;
 	/* Hostile L2 entries point anywhere below 2^56: growing a memory
-	 * file that far is ENOSPC, not an allocation of that size. */
-	ret = io_mem_set_limit((*img)->file, size + FILE_ROOM);
-	if (ret == 0)
-		ret = uq_image_wrap_file(*img, io_fault_wrap_fn, rec);
+	 * file that far is ENOSPC, not an allocation of that size. The
+	 * memory file is the innermost layer (the engine wraps every file in
+	 * its accounting layer). A failure here is the harness's, not the
+	 * input's: it must not pass silently as a refused image (it did, and
+	 * every input was skipped until the coverage report showed it). */
+	f = (*img)->file;
+	while (f->inner)
+		f = f->inner;
+	FUZZ_CHECK(io_mem_set_limit(f, size + FILE_ROOM) == 0);
+	ret = uq_image_wrap_file(*img, io_fault_wrap_fn, rec);
 	if (ret < 0) {
 		uq_close(*img);
 		return ret;
