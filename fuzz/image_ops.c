@@ -52,6 +52,7 @@
 #define FILE_ROOM (3 * MAX_VSIZE)  /* growth allowed past the input image */
 #define MAX_SNAPS 3                /* snapshots the script keeps mirrors of */
 #define MAX_BMS 4                  /* bitmaps the script keeps shadows of */
+#define BUF_SIZE (MAX_OP_LEN * 8)  /* the largest cluster, >= CHUNK */
 
 /* image_mutator.c */
 size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
@@ -1035,7 +1036,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	s.mirror = malloc((size_t)s.vsize);
 	s.known = malloc((size_t)s.vsize);
-	s.buf = malloc(CHUNK > s.cs ? CHUNK : (size_t)s.cs);
+	/* one buffer for the process: a fresh 1 MiB or larger allocation per
+	 * input was an mmap, page faults and a munmap each time under ASan */
+	static uint8_t *buf;
+	if (!buf)
+		buf = malloc(BUF_SIZE);
+	s.buf = buf;
 	if (!s.mirror || !s.known || !s.buf)
 		goto out;
 	memset(s.known, 1, (size_t)s.vsize);
@@ -1063,7 +1069,6 @@ out:
 	}
 	free(s.mirror);
 	free(s.known);
-	free(s.buf);
 	for (unsigned k = 0; k < s.nsnaps; k++)
 		snap_free(&s.snaps[k]);
 	for (unsigned k = 0; k < MAX_BMS; k++)
