@@ -512,6 +512,15 @@ static int snap_apply_delete(struct sess *s, bool apply, uint8_t arg, bool *stop
 	}
 	if (!mine) {
 		memset(s->known, 0, (size_t)s->vsize);   /* no oracle for it */
+		/* nor was it ever read: its data may be damaged (a compressed
+		 * cluster that doesn't inflate) in an image that checks clean */
+		for (uint64_t off = 0; off < s->vsize; off += CHUNK) {
+			size_t n = s->vsize - off < CHUNK ? (size_t)(s->vsize - off) : CHUNK;
+			ssize_t r = uq_pread(s->img, s->buf, n, off);
+
+			if (r < 0 || (size_t)r != n)
+				s->clean = false;
+		}
 		return 0;
 	}
 	if (mine->vsize != s->vsize)
