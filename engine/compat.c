@@ -43,7 +43,8 @@ static int build_header(uq_image *img, const uint8_t *old, struct uq_header *nh,
 			uint8_t *buf)
 {
 	uint64_t c = cs(img), pos, opos = img->h.header_length, old_end;
-	uint32_t name_len = img->h.backing_file_size;
+	/* a size without an offset names no backing file (qemu ignores it) */
+	uint32_t name_len = img->h.backing_file_offset ? img->h.backing_file_size : 0;
 	bool has_features = false;
 
 	memset(buf, 0, c);
@@ -253,7 +254,8 @@ static int any_compressed(uq_image *img, const uint64_t *tabs, size_t n, bool *y
 static int expand_table(uq_image *img, uint64_t l2_off, const uint8_t *zeros)
 {
 	uint64_t entries = cs(img) / 8, *t = NULL, l2rc = 0;
-	bool backed = img->h.backing_file_size != 0, changed = false;
+	bool backed = img->h.backing_file_offset && img->h.backing_file_size,
+	     changed = false;
 	int ret = uq_read_table64(img, UQ_MK_L2, l2_off, entries, &t);
 
 	if (ret == 0)

@@ -43,7 +43,9 @@ int uq_check_table(const char *field, const char *what, uint64_t off,
 	if (!cluster_aligned(off, csize))
 		return uq_seterr(-EINVAL, "%s 0x%" PRIx64
 				 " is not cluster aligned", field, off);
-	if (__builtin_add_overflow(off, bytes, &end) || end > file_size)
+	/* an empty table (l1_size 0 on an empty disk) holds no bytes that
+	 * could lie past the end; qemu checks only its alignment too */
+	if (bytes && (__builtin_add_overflow(off, bytes, &end) || end > file_size))
 		return uq_seterr(-EINVAL, "%s (offset 0x%" PRIx64 ", %" PRIu64
 				 " bytes) extends past end of file (%" PRIu64
 				 ")", what, off, bytes, file_size);

@@ -147,7 +147,9 @@ static int rebuild_exts(uq_image *img, uint32_t nb, uint64_t dsize, uint64_t dof
 	}
 	uq_put_be64(buf + QCOW_HDR_AUTOCLEAR, autoclear);
 	used = img->exts->end;
-	if (img->h.backing_file_offset + bsize > used)
+	/* backing_file_size means nothing without an offset (qemu ignores
+	 * it too); counted, it wrote past the one-cluster buffer */
+	if (boff && img->h.backing_file_offset + bsize > used)
 		used = img->h.backing_file_offset + bsize;
 	if (pos > used)
 		used = pos;

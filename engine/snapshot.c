@@ -190,6 +190,11 @@ static struct uq_snapshot_raw v3_entry(const uq_image *img, const struct uq_snap
 
 	r.id = (const uint8_t *)sn->id;
 	r.name = (const uint8_t *)sn->name;
+	/* the strings end at the first NUL; the on-disk lengths may be
+	 * longer (an ID or name holding a NUL byte): encoding with those read
+	 * past them. qemu writes strlen() lengths back too. */
+	r.id_len = (uint16_t)strlen(sn->id);
+	r.name_len = (uint16_t)strlen(sn->name);
 	r.has_icount = false;
 	if (!r.has_disk_size) {
 		r.has_disk_size = true;

@@ -56,6 +56,7 @@ static const char *const engine_stricter[] = {
 	"refcount",            /* refcount table and blocks, refcount_order */
 	"snapshot",            /* the snapshot table */
 	"extension",           /* header extensions and their lengths */
+	"crypto header",       /* the crypto header extension's fields */
 	"backing",             /* the backing file name and format */
 	"bitmap",
 	"data file",           /* its name extension (refread opens no files) */
