@@ -161,58 +161,186 @@ def l2_slots(size, cluster):
 
 # ---- metadata I/O per operation ---------------------------------------------
 
+def shuffled(n):
+    """bench_scale.c's shuffle(): the order of rewrites and small discards."""
+    v = list(range(n))
+    s = 0x5eed5eed5eed
+    for i in range(n, 1, -1):
+        s, r = _xorshift(s)
+        j = r % i
+        v[i - 1], v[j] = v[j], v[i - 1]
+    return v
+
+
+class _Engine:
+    """What uqcow's write-back rules do with a sequence of operations, as
+    counts: an L2 cache of `slots` tables (CLOCK, as l2cache.c; a dirty
+    table is never dropped), the half-dirty rule of l2_for_write (a
+    table about to become dirty while half the slots are dirty writes all
+    metadata back first), refcount blocks loaded once each (the runs touch
+    each block a few times at most: the cache size changes evictions, not
+    loads, see refblock_loads in the report), and per write-back:
+    every dirty table, every block dirtied by increases, then (deferred
+    frees, after the tables are durable) every block the frees touch; the
+    L1 table when a table moved; 2 syncs, 1 more for the L1 table, 1 more
+    when there were frees."""
+
+    def __init__(self, slots):
+        self.slots = slots
+        self.keys, self.ref, self.where, self.hand = [None] * slots, [False] * slots, {}, 0
+        self.dirty = set()
+        self.rb_seen = set()
+        self.rb_inc, self.rb_free = set(), set()
+        self.l1 = False
+        self.reads = self.writes = self.syncs = self.flushes = self.loads = 0
+
+    def flush(self):
+        if not (self.dirty or self.rb_inc or self.rb_free or self.l1):
+            return
+        self.flushes += 1
+        self.writes += len(self.dirty) + len(self.rb_inc) + len(self.rb_free) + self.l1
+        self.syncs += 2 + self.l1 + (1 if self.rb_free else 0)
+        self.dirty.clear()
+        self.rb_inc.clear()
+        self.rb_free.clear()
+        self.l1 = False
+
+    def table(self, key, write=True, load=True):
+        """Use L2 table key (load it if not cached); dirty it when write."""
+        if write and key not in self.dirty and (len(self.dirty) + 1) * 2 > self.slots:
+            self.flush()
+        if key in self.where:
+            self.ref[self.where[key]] = True
+        else:
+            if load:
+                self.reads += 1
+            self._claim(key)
+        if write:
+            self.dirty.add(key)
+
+    def _claim(self, key):
+        # l2cache.c's victim_locked: CLOCK, dirty slots never taken
+        n = self.slots
+        for _ in range(2 * n):
+            i = self.hand
+            self.hand = (self.hand + 1) % n
+            k = self.keys[i]
+            if k is None:
+                break
+            if k in self.dirty:
+                continue
+            if self.ref[i]:
+                self.ref[i] = False
+                continue
+            del self.where[k]
+            break
+        else:
+            return
+        self.keys[i] = key
+        self.ref[i] = True
+        self.where[key] = i
+
+    def block(self, idx, free=False):
+        if idx not in self.rb_seen:
+            self.rb_seen.add(idx)
+            self.reads += 1
+            self.loads += 1
+        (self.rb_free if free else self.rb_inc).add(idx)
+
+
 def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OPS):
     """Expected meta_reads, meta_writes, syncs and refblock_loads per
     operation of a scale workload (bench_scale.c's op names)."""
-    lay = _layout(size, cluster, bits, prealloc, ops)
-    L, Rf, Rs = lay['tables'], lay['blocks_file'], lay['blocks_spots']
-    cache_blocks = max(2, (rc_cache or DEFAULT_RC_CACHE) // cluster)
-    slots = l2_slots(size, cluster)
-    # flushes forced by the L2 cache's half-dirty rule: a new dirty table
-    # when (dirty + 1) * 2 > slots writes everything back first
-    per_flush = max(1, slots // 2)
-    forced = max(0, -(-L // per_flush) - 1)
-    if op in ('write', 'cow') and not prealloc:
-        # the file grows by a cluster and (new or copied) a table per spot
-        grown = lay['file_clusters'] + (0 if op == 'cow' and snapshots == 0 else ops + L)
-        if op == 'write':
-            grown = lay['file_clusters']
-        Rf = refcount_blocks(grown, bits, cluster)
+    entries, per = cluster // 8, per_block(bits, cluster)
+    g = [o // cluster for o in spots(ops, size, cluster)]
+    l1c = -(-l1_bytes(size, cluster) // cluster)
+    base = 1 + l1c + 2                # header, L1, refcount table and block
+    total = l2_tables(size, cluster)
+    if prealloc:
+        # uq_preallocate: guest order, each L2 table after the first data
+        # cluster it maps, refcount blocks as the file grows
+        host = [base + c + c // entries + 1 + c // per for c in g]
+        end = base + size // cluster + total
+    else:
+        # setup (op:write: the run itself) allocates each spot's cluster,
+        # and its table when new, at the end of the file
+        host, seen, h = [], set(), base
+        for c in g:
+            if c // entries not in seen:
+                seen.add(c // entries)
+                h += 1
+            host.append(h)
+            h += 1
+        end = h
+    e = _Engine(l2_slots(size, cluster))
     n = ops
+    order = shuffled(ops) if op in ('cow', 'discard', 'zero', 'zero_unmap') else range(ops)
     if op == 'write':
-        reads, writes = 0, L + Rf + 1 + forced * (Rf + 2)
-        syncs, loads = 3 + forced * 3, 0
-    elif op == 'cow' and snapshots == 0:
-        reads, writes, syncs, loads = L, 0, 1, 0
+        made = set()
+        for i in order:
+            t = g[i] // entries
+            e.table(t, load=t in made)
+            if t not in made:
+                made.add(t)
+                e.l1 = True
+            e.block(host[i] // per)
     elif op == 'cow':
-        reads = L + Rf
-        writes = L + 2 * Rf + 1 + forced * (Rf + 2)
-        syncs, loads = Rf + 3 + forced * 3, Rf
-    elif op in ('discard', 'zero_unmap'):
-        D = min(Rs, max(Rs, 0))
-        reads, writes, syncs, loads = L + D, L + D, 3, D
-    elif op == 'zero':
-        reads, writes, syncs, loads = L, L, 2, 0
+        copied = set()
+        for i in order:
+            t = g[i] // entries
+            if snapshots == 0:
+                e.table(t, write=False)
+                continue
+            if t not in copied:
+                e.table(('old', t), write=False)   # read, then copied
+                copied.add(t)
+                e.l1 = True
+                e.block(end // per)
+                end += 1
+            e.table(t, load=False)
+            e.block(end // per)                    # the new data cluster
+            end += 1
+            e.block(host[i] // per, free=True)     # one reference less
+    elif op in ('discard', 'zero_unmap', 'zero'):
+        for i in order:
+            e.table(g[i] // entries)
+            if op != 'zero':
+                e.block(host[i] // per, free=True)
     elif op == 'discard_all':
-        tall = lay['tables_all']
-        reads = tall + Rf
-        writes = tall + Rf + (1 if prealloc else 0)
-        syncs, loads, n = (6 if prealloc else 3), Rf, 1
+        n = 1
+        if prealloc:
+            def at(c):
+                return base + c + c // entries + 1 + c // per
+            last = size // cluster - 1
+            for t in range(total):
+                e.table(t)
+                first = t * entries
+                for b in range(at(first) // per, at(min(first + entries - 1, last)) // per + 1):
+                    e.block(b, free=True)
+        else:
+            for i in range(ops):
+                e.table(g[i] // entries)
+                e.block(host[i] // per, free=True)
     elif op == 'snapshot':
         s = snapshots
+        L = len({c // entries for c in g})
         chunks = -(-l1_bytes(size, cluster) // MiB)
-        reads = s * (4 * L + 3)
-        writes = 2 * L + 10 * s - 1 + s * max(0, chunks - 1)
-        syncs, loads, n = 11 * s + 1, Rf * s, 2 * s
+        rf = refcount_blocks(end, bits, cluster)
+        e.reads = s * (4 * L + 3)
+        e.writes = 2 * L + 10 * s - 1 + s * max(0, chunks - 1)
+        e.syncs, e.loads, n = 11 * s + 1, rf * s, 2 * s
     elif op == 'amend':
-        r16 = refcount_blocks(lay['file_clusters'], 16, cluster)
-        reads, writes, syncs, loads, n = r16 + 1, Rf + 2, 4, r16, 1
+        r16 = refcount_blocks(end, 16, cluster)
+        e.reads, e.writes = r16 + 1, refcount_blocks(end, bits, cluster) + 2
+        e.syncs, e.loads, n = 4, r16, 1
     else:
         raise ValueError('unknown op %r' % op)
-    out = {'meta_reads_per_op': reads / n, 'meta_writes_per_op': writes / n,
-           'syncs_per_op': syncs / n, 'refblock_loads_per_op': loads / n}
+    e.flush()
+    if op == 'zero' or (op == 'cow' and snapshots == 0):
+        e.syncs = max(e.syncs, 1)      # the closing flush syncs the data
+    out = {'meta_reads_per_op': e.reads / n, 'meta_writes_per_op': e.writes / n,
+           'syncs_per_op': e.syncs / n, 'refblock_loads_per_op': e.loads / n}
     out['meta_io_per_op'] = out['meta_reads_per_op'] + out['meta_writes_per_op']
-    out['cache_blocks'] = cache_blocks
     return out
 
 

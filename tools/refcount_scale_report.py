@@ -271,36 +271,48 @@ set xlabel "image size (GiB)"
 '''
 
 
-def plot(outdir, name, title, ylabel, series, log_y=True):
-    """series: {cluster: {width: [(size_gib, y), ...]}}; one panel per cluster."""
+def plot(outdir, name, title, ylabel, series, model=None):
+    """series: {cluster: {width: [(size_gib, y), ...]}} measured, drawn as
+    points joined by lines; model: the same, drawn dashed. One panel per
+    cluster size."""
     dat = os.path.join(outdir, name + '.dat')
     gp = os.path.join(outdir, name + '.gp')
     svg = os.path.join(outdir, name + '.svg')
     blocks = []
     with open(dat, 'w') as f:
-        for cl in CLUSTERS:
-            for w in M.WIDTHS:
-                pts = series.get(cl, {}).get(w, [])
-                f.write('# cluster %d width %d\n' % (cl, w))
-                for x, y in pts:
-                    f.write('%g %g\n' % (x, y))
-                f.write('\n\n')
-                blocks.append((cl, w, bool(pts)))
+        for kind, src in (('measured', series), ('model', model or {})):
+            for cl in CLUSTERS:
+                for w in M.WIDTHS:
+                    pts = src.get(cl, {}).get(w, [])
+                    if not pts:   # (an empty block would shift gnuplot's index)
+                        continue
+                    f.write('# %s cluster %d width %d\n' % (kind, cl, w))
+                    for x, y in pts:
+                        f.write('%g %g\n' % (x, y))
+                    f.write('\n\n')
+                    blocks.append((kind, cl, w, True))
+    colors = ['#7b2cbf', '#2a9d8f', '#4ea8de', '#e09f3e', '#d4a017', '#1d3557', '#d62828']
     with open(gp, 'w') as f:
         f.write(GP_HEAD % {'svg': svg, 'title': title})
-        if not log_y:
-            f.write('unset logscale y\n')
         f.write('set ylabel "%s"\n' % ylabel)
-        i = 0
         for cl in CLUSTERS:
             f.write('set title "%s clusters"\n' % sz(cl))
             plots = []
-            for w in M.WIDTHS:
-                if blocks[i][2]:
-                    plots.append('"%s" index %d using 1:2 with linespoints title "%d bits"' % (
-                        dat, i, w))
-                i += 1
-            f.write('plot ' + (', \\\n     '.join(plots) if plots else '0 notitle') + '\n')
+            for i, (kind, c, w, any_) in enumerate(blocks):
+                if c != cl or not any_:
+                    continue
+                col = colors[M.WIDTHS.index(w)]
+                if kind == 'measured':
+                    plots.append('"%s" index %d using 1:2 with linespoints lc rgb "%s" pt 7 '
+                                 'title "%d bits"' % (dat, i, col, w))
+                else:
+                    plots.append('"%s" index %d using 1:2 with lines dt 2 lc rgb "%s" '
+                                 'title "%d bits, model"' % (dat, i, col, w))
+            if plots:
+                f.write('plot ' + ', \\\n     '.join(plots) + '\n')
+            else:   # nothing measured at this cluster size: an empty panel
+                f.write('set label 1 "not measured" at graph 0.4, 0.5\n'
+                        'plot [1:2] [1:2] NaN notitle\nunset label 1\n')
         f.write('unset multiplot\n')
     if not shutil.which('gnuplot'):
         return None
@@ -308,30 +320,37 @@ def plot(outdir, name, title, ylabel, series, log_y=True):
     return svg if r.returncode == 0 else None
 
 
+MODEL_SIZES = [M.GiB << i for i in range(0, 15, 2)]     # 1 GiB .. 16 TiB
+
+
 def plots(ix, outdir):
     out = []
-    io_s, mem_s, t_s = {}, {}, {}
+    io_s, io_m, mem_s, t_s = {}, {}, {}, {}
     for cl in CLUSTERS:
         for w in M.WIDTHS:
             pts, tp = [], []
             for size in SIZES:
-                # many small discards: preallocated where measured, else sparse
-                b = get(ix, 'discard', w, cl, size, 0, 1) or get(ix, 'discard', w, cl, size, 0, 0)
+                b = get(ix, 'discard', w, cl, size, 0, 1)
                 if b:
                     pts.append((size / M.GiB, io(b)))
+                b = get(ix, 'discard', w, cl, size, 0, 0)
+                if b:
                     tp.append((size / M.GiB, time_per_op(b) * 1e3))
             io_s.setdefault(cl, {})[w] = pts
+            io_m.setdefault(cl, {})[w] = [
+                (s / M.GiB, M.predict('discard', w, cl, s, prealloc=1)['meta_io_per_op'])
+                for s in MODEL_SIZES]
             t_s.setdefault(cl, {})[w] = tp
             mem_s.setdefault(cl, {})[w] = [
                 (s / M.GiB, M.full_metadata(s, cl, w)['rc_cache_full'] / M.MiB)
-                for s in SIZES + [16 * M.TiB, M.PiB]]
-    out.append(plot(outdir, 'refcount-io', 'metadata I/O per one-cluster discard vs image '
-                    'size (preallocated where measured, else sparse)',
-                    'metadata reads + writes per op', io_s))
+                for s in MODEL_SIZES + [M.PiB]]
+    out.append(plot(outdir, 'refcount-io', 'metadata I/O per one-cluster discard (128 spread '
+                    'over a preallocated image) vs image size: measured, and the model',
+                    'metadata reads + writes per op', io_s, io_m))
     out.append(plot(outdir, 'refcount-memory', 'refcount cache for full coverage vs image '
-                    'size (fully allocated; model, exact geometry)', 'MiB', mem_s))
-    out.append(plot(outdir, 'refcount-time', 'wall time per one-cluster discard, default '
-                    'refcount cache', 'ms per op', t_s))
+                    'size (fully allocated; exact geometry)', 'MiB', {}, mem_s))
+    out.append(plot(outdir, 'refcount-time', 'wall time per one-cluster discard (sparse '
+                    'image), default refcount cache', 'ms per op', t_s))
     return [s for s in out if s]
 
 
