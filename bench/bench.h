@@ -80,10 +80,11 @@ void bench_unavailable(struct bench_run *r, const char *msg);
 
 /* ---- helpers for bodies (util.c) ---- */
 
-enum bench_scale { BENCH_SMALL, BENCH_DEFAULT, BENCH_LARGE };
+/* BENCH_HUGE registers only the scale families (bench_scale.c). */
+enum bench_scale { BENCH_SMALL, BENCH_DEFAULT, BENCH_LARGE, BENCH_HUGE };
 
-/* UQCOW_BENCH_SCALE=small|default|large: the image and range sizes that
- * are registered. CI runs small. */
+/* UQCOW_BENCH_SCALE=small|default|large|huge: the image and range sizes
+ * that are registered. CI runs small. */
 enum bench_scale bench_scale(void);
 
 struct bench_costs;
@@ -232,6 +233,20 @@ void bench_mq_read(struct bench_run *r);        /* qd; threads */
 void bench_parse_header(struct bench_run *r);
 void bench_parse_l2(struct bench_run *r);       /* cluster, extended */
 void bench_parse_refcount(struct bench_run *r); /* refcount order */
+/* op, bits, cluster, size, snapshots, full rc cache, prealloc, ops */
+void bench_scale_op(struct bench_run *r);
+
+/* scale workloads (bench_scale_op arg 0) */
+enum {
+	SCALE_WRITE,        /* allocating writes spread over the image */
+	SCALE_COW,          /* random rewrites of them, after the snapshots */
+	SCALE_DISCARD_ALL,  /* one discard of the whole image */
+	SCALE_DISCARD,      /* one-cluster discards at random spots */
+	SCALE_ZERO,         /* one-cluster write-zeroes, allocation kept */
+	SCALE_ZERO_UNMAP,   /* ... and with unmap */
+	SCALE_SNAPSHOT,     /* snapshots created, then deleted */
+	SCALE_AMEND,        /* 16 bits amended to the width */
+};
 
 /* read kinds (bench_read_kind arg 0) */
 enum { READ_ZERO = 0, READ_UNALLOC = 1, READ_BACKING = 2, READ_DATA = 3 };

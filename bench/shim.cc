@@ -175,9 +175,94 @@ void register_all(enum bench_scale)
 
 #else
 
+/* Refcount widths at scale (UQCOW_BENCH_SCALE=huge, nothing else is
+ * registered then): sparse images of 1 GiB .. 1 TiB at 4 KiB, 64 KiB and
+ * 2 MiB clusters, every width, OPS operations spread over the whole size.
+ * Trimmed by rule: snapshot counts a width can't hold (1 + S references
+ * above 2^B - 1) are not registered; metadata-preallocated images (every
+ * cluster allocated, so refcount blocks span the whole size) only where
+ * their L2 tables and refcount blocks fit in 64 MiB, and without
+ * snapshots (a snapshot of one raises every cluster's refcount); a
+ * full-coverage refcount cache only where it is larger than the default
+ * 4 MiB (elsewhere the default already covers every block). */
+const uint64_t SCALE_OPS = 128;
+
+/* Clusters of refcount blocks covering a file of len bytes (as
+ * bench_scale.c's full-coverage cache counts them). */
+uint64_t scale_rc_bytes(uint64_t len, uint64_t cluster, unsigned bits)
+{
+	uint64_t per = cluster * 8 / bits, clusters = (len + cluster - 1) / cluster + 2 * SCALE_OPS + 64;
+	uint64_t blocks = (clusters + per - 1) / per + 2;
+
+	return (blocks + blocks / per + 1) * cluster;
+}
+
+void register_scale()
+{
+	static const char *const opname[] = { "write", "cow", "discard_all", "discard",
+					      "zero", "zero_unmap", "snapshot", "amend" };
+	const uint64_t T = 1024 * G;
+
+	for (uint64_t cluster : { 4 * K, 64 * K, 2 * M })
+		for (uint64_t size : { 1 * G, 16 * G, 256 * G, 1 * T })
+			for (unsigned bits : widths) {
+				uint64_t maxref = bits == 64 ? UINT64_MAX : (1ull << bits) - 1;
+				uint64_t l2 = size / cluster * 8;
+				/* a sparse file: header, L1, tables and what the run writes */
+				uint64_t sparse = (4 + l2 / cluster / cluster * 8 + 2 * SCALE_OPS) * cluster;
+				uint64_t pre = size + l2 + (size / cluster) * bits / 8;
+
+				for (int prealloc : { 0, 1 }) {
+					uint64_t len = prealloc ? pre : sparse;
+
+					if (prealloc && l2 + (size / cluster) * bits / 8 > 64 * M)
+						continue;
+					for (int full : { 0, 1 }) {
+						if (full && scale_rc_bytes(len, cluster, bits) <= 4 * M)
+							continue;
+						auto reg = [&](int op, unsigned snaps) {
+							add(fmt("scale/op:%s/refcount_bits:%u/cluster:%s/image:%s/"
+								"snapshots:%u/prealloc:%d/rc_cache:%s/ops:%llu",
+								opname[op], bits, sz(cluster).c_str(),
+								sz(size).c_str(), snaps, prealloc,
+								full ? "full" : "default",
+								(unsigned long long)SCALE_OPS),
+							    bench_scale_op,
+							    { op, bits, (int64_t)cluster, (int64_t)size, snaps,
+							      full, prealloc, (int64_t)SCALE_OPS },
+							    MANUAL | MS);
+						};
+						if (prealloc) {
+							reg(SCALE_DISCARD_ALL, 0);
+							reg(SCALE_DISCARD, 0);
+							reg(SCALE_ZERO_UNMAP, 0);
+							continue;
+						}
+						reg(SCALE_WRITE, 0);
+						for (unsigned snaps : { 0u, 1u, 8u })
+							if (1 + snaps <= maxref)
+								reg(SCALE_COW, snaps);
+						reg(SCALE_DISCARD_ALL, 0);
+						reg(SCALE_DISCARD, 0);
+						reg(SCALE_ZERO, 0);
+						reg(SCALE_ZERO_UNMAP, 0);
+						for (unsigned snaps : { 1u, 8u })
+							if (1 + snaps <= maxref)
+								reg(SCALE_SNAPSHOT, snaps);
+						if (bits != 16)
+							reg(SCALE_AMEND, 0);
+					}
+				}
+			}
+}
+
 /* The engine as its users see it: uqcow.h only. */
 void register_all(enum bench_scale scale)
 {
+	if (scale == BENCH_HUGE) {
+		register_scale();
+		return;
+	}
 	bool small = scale == BENCH_SMALL, large = scale == BENCH_LARGE;
 	/* the image the I/O families share (fully allocated, filled once) */
 	uint64_t span = small ? 64 * M : large ? 4 * G : 1 * G;
@@ -288,7 +373,7 @@ void register_all(enum bench_scale scale)
  * context, so that runs from different machines are told apart. */
 void add_context(enum bench_scale scale)
 {
-	static const char *const scales[] = { "small", "default", "large" };
+	static const char *const scales[] = { "small", "default", "large", "huge" };
 	char path[4200];
 	struct uq_info info;
 	uq_image *img;

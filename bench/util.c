@@ -44,6 +44,8 @@ enum bench_scale bench_scale(void)
 		return BENCH_SMALL;
 	if (s && !strcmp(s, "large"))
 		return BENCH_LARGE;
+	if (s && !strcmp(s, "huge"))
+		return BENCH_HUGE;
 	return BENCH_DEFAULT;
 }
 

@@ -24,6 +24,17 @@ static inline bool ck_kind_in_place(unsigned k)
 	return k != UQ_MK_NONE && k < UQ_MK_L2;
 }
 
+/* Real references per cluster are 16 bits: with the kind byte, 3 bytes a
+ * cluster of the file (a 16 TiB file of 64 KiB clusters: 768 MiB, where
+ * 64-bit counts took 2.25 GiB). A count from CK_BIG up (65535 references
+ * take that many snapshots) lives in a small hash map instead. */
+#define CK_BIG 0xffffu
+
+struct ck_big {
+	uint64_t cluster;         /* + 1: 0 marks a free slot */
+	uint64_t count;
+};
+
 /* A stored refcount that differs from the real count (or can't be read). */
 struct ck_diff {
 	uint64_t cluster;
@@ -44,7 +55,9 @@ struct ck {
 	uint64_t file_size;
 	uint64_t nb;              /* clusters compared: the file, plus refs just past it */
 	uint64_t cap;             /* entries allocated in counts and kind */
-	uint64_t *counts;         /* real references per cluster */
+	uint16_t *counts;         /* real references per cluster, CK_BIG: in big */
+	struct ck_big *big;       /* open addressing, big_cap a power of two */
+	size_t nbig, big_cap;
 	uint8_t *kind;            /* enum ck_kind | K_SHARED | K_INPLACE */
 	uint64_t *rt;             /* refcount table as stored (raw entries) */
 	uint64_t rt_n;
@@ -69,6 +82,20 @@ enum ck_ctype { CT_UNALLOC, CT_ZERO_PLAIN, CT_ZERO_ALLOC, CT_NORMAL, CT_COMPRESS
 /* checkmap.c */
 void ck_msg(struct ck *ck, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ck_work(struct ck *ck, uint64_t n);
+uint64_t ck_big_get(const struct ck *ck, uint64_t c);
+/* Set cluster c's real count (c < cap). -ENOMEM if the map can't grow. */
+int ck_count_set(struct ck *ck, uint64_t c, uint64_t v);
+/* Forget every count (the arrays stay). */
+void ck_counts_clear(struct ck *ck);
+/* Bytes the check's own structures take for this file (uq_check_result
+ * memory_need), from the sizes ck_load found. */
+uint64_t ck_memory_need(const struct ck *ck);
+
+/* Real references to cluster c (c < cap). */
+static inline uint64_t ck_count(const struct ck *ck, uint64_t c)
+{
+	return ck->counts[c] < CK_BIG ? ck->counts[c] : ck_big_get(ck, c);
+}
 int ck_grow(struct ck *ck, uint64_t n);
 int ck_mark(struct ck *ck, uint64_t off, uint64_t size, unsigned k);
 /* Does [off, off+len) touch a cluster that has an in-place kind besides

@@ -44,7 +44,9 @@ int ck_ref(struct ck *ck, uint64_t off, uint64_t size)
 		ck->nb = last + 1;
 	}
 	for (uint64_t c = first; c <= last; c++) {
-		if (ck->counts[c] == max) {
+		uint64_t v = ck_count(ck, c);
+
+		if (v == max) {
 			ck_msg(ck, "ERROR: overflow cluster offset=0x%" PRIx64, c << cb);
 			ck_msg(ck, "Use uqcow amend to increase the refcount entry width or "
 			       "uqcow convert to create a clean copy if the image cannot be "
@@ -54,7 +56,10 @@ int ck_ref(struct ck *ck, uint64_t off, uint64_t size)
 				ck->kind[c] |= K_OVERFLOW;
 			continue;
 		}
-		ck->counts[c]++;
+		if (ck_count_set(ck, c, v + 1) < 0) {
+			ck->res->check_errors++;
+			return uq_seterr(-ENOMEM, "out of memory counting references");
+		}
 	}
 	return 0;
 }
@@ -311,9 +316,9 @@ static int calc_refblock(struct uq_walk *w, uint64_t i, uint64_t raw)
 	ret = ck_ref(ck, off, ck->cs);
 	if (ret < 0)
 		return ret;
-	if (ck->counts[c] != 1) {
+	if (ck_count(ck, c) != 1) {
 		ck_msg(ck, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
-		       ck->counts[c]);
+		       ck_count(ck, c));
 		ck->res->corruptions++;
 		ck->rebuild = true;
 	}
@@ -352,7 +357,7 @@ int ck_calculate(struct ck *ck, unsigned fix)
 			     .bad = calc_bad, .arg = &c };
 	int ret;
 
-	memset(ck->counts, 0, ck->cap * sizeof(*ck->counts));
+	ck_counts_clear(ck);
 	ck->rebuild = ck->outside = false;
 	ck->bm_bad = 0;
 	res->allocated_clusters = res->fragmented_clusters = res->compressed_clusters = 0;
@@ -427,7 +432,7 @@ int ck_stored(struct ck *ck, uint64_t c, uint64_t *val)
 		*val = ck->diff[lo].stored;
 		return ck->diff[lo].unknown ? -EIO : 0;
 	}
-	*val = ck->counts[c];
+	*val = ck_count(ck, c);
 	return 0;
 }
 
@@ -491,7 +496,7 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 			ck_work(ck, 1);
 		}
 		for (uint64_t c = first; ret == 0 && c < end; c++) {
-			uint64_t s, r = ck->counts[c];
+			uint64_t s, r = ck_count(ck, c);
 
 			if (unknown) {
 				ck_msg(ck, "Can't get refcount for cluster %" PRIu64 ": %s", c,
@@ -527,7 +532,7 @@ void ck_report_overlaps(struct ck *ck)
 		const struct ck_overlap *o = &ck->ov[i];
 		bool in_place = ck_kind_in_place(o->a) || ck_kind_in_place(o->b);
 		uint64_t s;
-		bool right = ck_stored(ck, o->cluster, &s) == 0 && s == ck->counts[o->cluster];
+		bool right = ck_stored(ck, o->cluster, &s) == 0 && s == ck_count(ck, o->cluster);
 
 		if (!in_place && right)
 			continue;

@@ -37,17 +37,20 @@ void ck_work(struct ck *ck, uint64_t n)
 
 /* ---- counts and the metadata map ---- */
 
-/* Make counts and kind cover n clusters. */
+/* Make counts and kind cover n clusters: exactly the file at first (a
+ * doubling would round 16 TiB of clusters up to 32), then a quarter more
+ * per step for references just past its end. */
 int ck_grow(struct ck *ck, uint64_t n)
 {
 	uint64_t cap = ck->cap;
-	uint64_t *c;
+	uint16_t *c;
 	uint8_t *k;
 
 	if (n <= cap)
 		return 0;
-	while (cap < n)
-		cap = cap ? cap * 2 : 1024;
+	cap = cap ? cap + cap / 4 + 1024 : n;
+	if (cap < n)
+		cap = n;
 	c = realloc(ck->counts, cap * sizeof(*c));
 	if (!c)
 		return -ENOMEM;
@@ -60,6 +63,75 @@ int ck_grow(struct ck *ck, uint64_t n)
 	memset(k + ck->cap, 0, cap - ck->cap);
 	ck->cap = cap;
 	return 0;
+}
+
+/* ---- counts of CK_BIG and more ---- */
+
+static size_t big_slot(const struct ck *ck, uint64_t c)
+{
+	uint64_t h = (c + 1) * 0x9e3779b97f4a7c15ull;
+
+	return (size_t)(h >> 20) & (ck->big_cap - 1);
+}
+
+uint64_t ck_big_get(const struct ck *ck, uint64_t c)
+{
+	for (size_t i = ck->big_cap ? big_slot(ck, c) : 0; ck->big_cap;
+	     i = (i + 1) & (ck->big_cap - 1)) {
+		if (!ck->big[i].cluster)
+			break;
+		if (ck->big[i].cluster == c + 1)
+			return ck->big[i].count;
+	}
+	return CK_BIG;   /* not reached: CK_BIG in counts means an entry */
+}
+
+static int big_put(struct ck *ck, uint64_t c, uint64_t v)
+{
+	size_t i;
+
+	if (2 * (ck->nbig + 1) > ck->big_cap) {
+		struct ck_big *old = ck->big;
+		size_t ocap = ck->big_cap, ncap = ocap ? 2 * ocap : 64;
+
+		ck->big = calloc(ncap, sizeof(*ck->big));
+		if (!ck->big) {
+			ck->big = old;
+			return -ENOMEM;
+		}
+		ck->big_cap = ncap;
+		ck->nbig = 0;
+		for (size_t j = 0; j < ocap; j++)
+			if (old[j].cluster)
+				big_put(ck, old[j].cluster - 1, old[j].count);
+		free(old);
+	}
+	for (i = big_slot(ck, c); ck->big[i].cluster && ck->big[i].cluster != c + 1;
+	     i = (i + 1) & (ck->big_cap - 1))
+		;
+	if (!ck->big[i].cluster)
+		ck->nbig++;
+	ck->big[i] = (struct ck_big){ c + 1, v };
+	return 0;
+}
+
+int ck_count_set(struct ck *ck, uint64_t c, uint64_t v)
+{
+	if (v < CK_BIG && ck->counts[c] < CK_BIG) {
+		ck->counts[c] = (uint16_t)v;
+		return 0;
+	}
+	/* counts only grow between clears: once big, big until then */
+	ck->counts[c] = CK_BIG;
+	return big_put(ck, c, v);
+}
+
+void ck_counts_clear(struct ck *ck)
+{
+	memset(ck->counts, 0, ck->cap * sizeof(*ck->counts));
+	if (ck->big)
+		memset(ck->big, 0, ck->big_cap * sizeof(*ck->big));
+	ck->nbig = 0;
 }
 
 /* Record what the clusters of [off, off+size) hold; a second, different
@@ -181,11 +253,32 @@ static int meta_map(struct ck *ck, uint64_t *nl2_active, uint64_t *nl2_all)
 void ck_free(struct ck *ck)
 {
 	free(ck->counts);
+	free(ck->big);
 	free(ck->kind);
 	free(ck->rt);
 	free(ck->diff);
 	free(ck->ov);
 	free(ck->far);
+}
+
+/* What the check allocates for this image, at most: per cluster of the
+ * file a 16-bit count and a kind byte; the refcount table; the largest L1
+ * table twice (read, then decoded) and its list of L2 tables (12 bytes an
+ * entry); the table readers' read-ahead (8 MiB, at most 64 tables, two
+ * readers at once) and one block past the file. Messages, the list of
+ * wrong refcounts and counts of CK_BIG or more grow with what is found
+ * wrong, not with the size: they are not in it. */
+uint64_t ck_memory_need(const struct ck *ck)
+{
+	const uq_image *img = ck->img;
+	uint64_t l1 = img->h.l1_size, ra = (8u << 20) / ck->cs;
+
+	for (uint32_t i = 0; i < img->snap.n; i++)
+		if (img->snap.list[i].raw.l1_size > l1)
+			l1 = img->snap.list[i].raw.l1_size;
+	ra = ra > 64 ? 64 : ra < 2 ? 2 : ra;
+	return ck->cap * (sizeof(*ck->counts) + 1) + ck->rt_n * 8 + l1 * (8 + 8 + 12) +
+	       2 * ra * ck->cs + ck->cs;
 }
 
 /* Counts, map and reftable for the image as it is on disk now. */
@@ -218,6 +311,8 @@ int ck_load(struct ck *ck, uint64_t *nl2_active)
 		uint64_t per = 1ull << img->g.rb_bits;
 
 		ck->work_total = ck->work_done + nl2_all + (ck->nb + per - 1) / per + *nl2_active;
+		if (ck_memory_need(ck) > ck->res->memory_need)
+			ck->res->memory_need = ck_memory_need(ck);
 	}
 	return ret;
 }

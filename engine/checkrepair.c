@@ -162,7 +162,8 @@ int ck_rebuild(struct ck *ck)
 
 	if (!counts)
 		return uq_seterr(-ENOMEM, "out of memory rebuilding refcounts");
-	memcpy(counts, ck->counts, ck->nb * sizeof(*counts));
+	for (uint64_t c = 0; c < ck->nb; c++)
+		counts[c] = ck_count(ck, c);
 	for (uint64_t c = rt >> cb; ck->rt_n && c <= (rt + ck->rt_n * 8 - 1) >> cb; c++)
 		if (c < ck->nb && counts[c])
 			counts[c]--;

@@ -36,7 +36,9 @@ static void progress(void *arg, uint64_t done, uint64_t total)
 		cli_progress_add(&x->prog, done - x->prog.done);
 }
 
-static void dump_human(const struct uq_check_result *r)
+enum { OPT_MEMORY = CLI_OPT_FIRST_FREE };
+
+static void dump_human(const struct uq_check_result *r, bool memory)
 {
 	if (!(r->corruptions || r->leaks || r->check_errors)) {
 		printf("No errors were found on the image.\n");
@@ -62,12 +64,17 @@ static void dump_human(const struct uq_check_result *r)
 		       (double)r->compressed_clusters * 100.0 / (double)r->allocated_clusters);
 	if (r->image_end_offset)
 		printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+	/* only when asked: the lines above are qemu-img's, compared as such */
+	if (memory)
+		printf("Check memory need: %" PRIu64 " bytes (%.1f MiB), besides the "
+		       "image's caches\n", r->memory_need,
+		       (double)r->memory_need / (1 << 20));
 }
 
 /* qemu-img 7.2 prints the keys in the order its QDict hashes them
  * (bucket order of tdb_hash(key) % 512), and optional ones only when
  * nonzero; this table is that order. */
-static void dump_json(const struct uq_check_result *r, const char *filename)
+static void dump_json(const struct uq_check_result *r, const char *filename, bool memory)
 {
 	const struct {
 		const char *key;
@@ -99,6 +106,8 @@ static void dump_json(const struct uq_check_result *r, const char *filename)
 		else if (keys[i].always || keys[i].v)
 			cli_json_u64(&j, keys[i].key, keys[i].v);
 	}
+	if (memory)
+		cli_json_u64(&j, "check-memory-need", r->memory_need);
 	cli_json_end(&j, '}');
 	putchar('\n');
 }
@@ -111,13 +120,14 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 		{ "repair", required_argument, NULL, 'r' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "progress", no_argument, NULL, 'p' },
+		{ "memory", no_argument, NULL, OPT_MEMORY },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct cli_open o = *defaults;
 	struct uq_check_result r = { .struct_size = sizeof(r) };
 	struct check_ctx x = { 0 };
 	unsigned flags = 0;
-	bool json = false, quiet = false, prog = false;
+	bool json = false, quiet = false, prog = false, memory = false;
 	uq_image *img = NULL;
 	const char *path;
 	int c, ret, status;
@@ -150,6 +160,9 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			break;
 		case 'p':
 			prog = true;
+			break;
+		case OPT_MEMORY:
+			memory = true;
 			break;
 		case CLI_OPT_OUTPUT:
 			if (cli_set_output(&json, optarg))
@@ -187,16 +200,19 @@ static int run(int argc, char **argv, const struct cli_open *defaults)
 			       "Double checking the fixed image now...\n", lf, cf);
 			fflush(stdout);
 		}
+		uint64_t need = r.memory_need;
+
 		ret = uq_check(img, 0, &r);
+		r.memory_need = need > r.memory_need ? need : r.memory_need;
 		r.corruptions_fixed = cf;
 		r.leaks_fixed = lf;
 	}
 	cli_progress_end(&x.prog);
 	if (ret == 0 && !quiet) {
 		if (json)
-			dump_json(&r, path);
+			dump_json(&r, path, memory);
 		else
-			dump_human(&r);
+			dump_human(&r, memory);
 	}
 	/* the problem lines, if any, already say why */
 	if (ret < 0 && !x.lines && *uq_errmsg())
@@ -223,8 +239,8 @@ const struct cli_verb cmd_check = {
 	.name = "check",
 	.summary = "check an image's consistency, repair it (qemu-img check)",
 	.run = run,
-	.synopsis = "check [-f FMT] [-r leaks|all] [--output=human|json] [-p] [-q] "
-		    "[-T CACHE] [-U] FILE",
+	.synopsis = "check [-f FMT] [-r leaks|all] [--output=human|json] [--memory] [-p] "
+		    "[-q] [-T CACHE] [-U] FILE",
 	.help =
 	"  -f FMT              image format (only qcow2 can be checked)\n"
 	"  -r leaks            free leaked clusters (refcounts above the real\n"
@@ -234,6 +250,11 @@ const struct cli_verb cmd_check = {
 	"                      flags, and clear the corrupt bit once the image is\n"
 	"                      whole\n"
 	"  --output=FMT        human (default) or json, with qemu-img's keys\n"
+	"  --memory            also print the memory the check needed (human:\n"
+	"                      a last line; json: check-memory-need, bytes):\n"
+	"                      3 bytes per cluster of the file plus the refcount\n"
+	"                      table, the largest L1 table and 16 MiB of\n"
+	"                      read-ahead at most, besides the image's caches\n"
 	"  -p                  show progress on stderr\n"
 	"  -q                  print nothing on stdout\n"
 	"  -T CACHE            none (O_DIRECT) or writeback (default)\n"

@@ -365,6 +365,11 @@ struct uq_check_result {
 	int corrupt;               /* corrupt bit as found */
 	int rebuilt;               /* refcount structures were rebuilt */
 	int marked_clean;          /* repairs cleared the dirty and corrupt bits */
+	/* Bytes the check's own structures needed at most (3 per cluster of
+	 * the file, the refcount table, the largest L1 table and read-ahead
+	 * buffers); the image's caches come on top. A rebuild (repairs of
+	 * broken refcount structures) takes 8 more bytes per cluster. */
+	uint64_t memory_need;
 };
 
 /* Walk every L1/L2 table (active and snapshots), the refcount table and
