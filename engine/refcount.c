@@ -478,6 +478,8 @@ static void merge_runs(uq_image *img)
 	uint64_t *f = img->rc.frees;
 	size_t n = 0;
 
+	if (img->rc.nfrees < 2)
+		return;   /* and f may be NULL, which qsort must not get */
 	qsort(f, img->rc.nfrees, 2 * sizeof(*f), run_cmp);
 	for (size_t i = 0; i < img->rc.nfrees; i++) {
 		if (n && f[2 * (n - 1)] + f[2 * (n - 1) + 1] == f[2 * i]) {
