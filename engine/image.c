@@ -156,6 +156,13 @@ static uint64_t default_cache_bytes(const uq_image *img)
 	uint64_t bytes = clusters * img->g.l2_entry_bytes;
 
 	bytes = (bytes + img->g.cluster_size - 1) & ~(img->g.cluster_size - 1);
+	/* writers keep at most half the slots dirty (cluster.c): twice the
+	 * tables lets every table of the image be dirty at once, so spread
+	 * writes and discards don't write tables back between flushes (two
+	 * slots for a 1 GiB image of 64 KiB clusters wrote a table per
+	 * three random discards) */
+	if (img->flags & UQ_OPEN_RDWR)
+		bytes *= 2;
 	return bytes > UQ_DEFAULT_L2_CACHE_MAX ? UQ_DEFAULT_L2_CACHE_MAX : bytes;
 }
 

@@ -144,6 +144,10 @@ struct uq_image {
 	 * at their last fsync: a sync with nothing new to make durable is
 	 * skipped (writeback.c) */
 	uint64_t synced_file, synced_data;
+	/* changes on file right after uq_l2_writeback's table writes: while
+	 * it still holds, only L2 tables are unsynced, and the next batch
+	 * needs no sync before its own tables */
+	uint64_t l2_batch_mark;
 };
 
 static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)

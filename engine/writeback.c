@@ -173,10 +173,15 @@ int uq_l2_writeback(uq_image *img)
 		ret = sync_changed(img->data, &img->synced_data);
 	if (ret == 0 && !img->rc.lazy)
 		ret = uq_rc_write_dirty(img);
-	if (ret == 0)
+	/* increases and data written in place must be durable before tables
+	 * that rely on them; tables of an earlier batch need no sync first */
+	if (ret == 0 && (changes(img->file) == UINT64_MAX ||
+			 changes(img->file) != img->l2_batch_mark))
 		ret = sync_file(img);
 	if (ret == 0)
 		ret = l2c_for_each_dirty(img->l2c, write_l2, img);
+	if (ret == 0)
+		img->l2_batch_mark = changes(img->file);
 	if (ret < 0) {
 		uq_stop_writes(img, "writing metadata failed");
 		return uq_seterr(ret, "%s: writing L2 tables failed: %s", img->path,
