@@ -24,6 +24,7 @@ struct cli_open {
 	unsigned flags;          /* UQ_OPEN_* */
 	uint64_t l2_cache_size;  /* 0: engine default */
 	uint64_t refcount_cache_size;  /* 0: engine default */
+	bool image_opts;         /* --image-opts: FILE is driver=...,file.filename=... */
 };
 
 /* One verb. run() gets argv with argv[0] = the verb name and returns the
@@ -58,6 +59,7 @@ enum {
 	CLI_OPT_L2_CACHE,
 	CLI_OPT_OUTPUT,        /* verbs with --output=human|json */
 	CLI_OPT_RC_CACHE,
+	CLI_OPT_IMAGE_OPTS,
 	CLI_OPT_FIRST_FREE,    /* verbs number their own long options from here */
 };
 
@@ -67,6 +69,7 @@ enum {
 	{ "l2-cache-size", required_argument, NULL, CLI_OPT_L2_CACHE }, \
 	{ "refcount-cache-size", required_argument, NULL, CLI_OPT_RC_CACHE }, \
 	{ "force-share", no_argument, NULL, 'U' }, \
+	{ "image-opts", no_argument, NULL, CLI_OPT_IMAGE_OPTS }, \
 	{ "help", no_argument, NULL, 'h' }
 
 void cli_open_defaults(struct cli_open *o);
@@ -87,7 +90,11 @@ int cli_set_cache(struct cli_open *o, const char *arg);
 int cli_set_backend(struct cli_open *o, const char *arg);
 int cli_set_open_options(struct cli_open *o, const char *arg);
 
-/* Open path; on failure prints the error line and returns -errno. */
+/* Open path; on failure prints the error line and returns -errno. With
+ * o->image_opts, path is qemu's --image-opts form: driver=qcow2|raw,
+ * file.filename=PATH (or filename=), cache.direct=on|off and the -o open
+ * options (l2-cache-size, refcount-cache-size, discard-no-unref,
+ * pass-discard-request); ",," is a literal comma. */
 int cli_open_image(const char *path, const struct cli_open *o,
 		   unsigned extra_flags, uq_image **img);
 

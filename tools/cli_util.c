@@ -152,6 +152,9 @@ int cli_open_option(struct cli_open *o, int opt, const char *arg)
 		return set_l2_cache(o, arg) ? -EINVAL : 1;
 	case CLI_OPT_RC_CACHE:
 		return set_rc_cache(o, arg) ? -EINVAL : 1;
+	case CLI_OPT_IMAGE_OPTS:
+		o->image_opts = true;
+		return 1;
 	case 'U':
 		/* read-only opens share everything; writable ones refuse it */
 		o->flags |= UQ_OPEN_FORCE_SHARE;
@@ -203,9 +206,89 @@ static void warn_unlocked(uq_image *img)
 	free(in);
 }
 
-int cli_open_image(const char *path, const struct cli_open *o,
+/* Next key=value of an --image-opts string into buf (",," unescaped);
+ * returns the rest, or NULL at the end. */
+static const char *next_image_opt(const char *s, char *buf, size_t n)
+{
+	size_t k = 0;
+
+	if (!*s)
+		return NULL;
+	for (; *s; s++) {
+		if (*s == ',' && s[1] == ',')
+			s++;
+		else if (*s == ',')
+			break;
+		if (k + 1 < n)
+			buf[k++] = *s;
+	}
+	buf[k] = '\0';
+	return *s ? s + 1 : s;
+}
+
+static int parse_image_opts(const char *spec, struct cli_open *o, char *path, size_t n)
+{
+	char kv[4096];
+	const char *s = spec;
+
+	*path = '\0';
+	while ((s = next_image_opt(s, kv, sizeof(kv)))) {
+		char *val = strchr(kv, '=');
+		int ret = 0;
+
+		if (!val) {
+			cli_error("--image-opts: '%s' needs a value (key=value)", kv);
+			return -EINVAL;
+		}
+		*val++ = '\0';
+		if (!strcmp(kv, "driver")) {
+			ret = cli_set_format(&o->format, val);
+		} else if (!strcmp(kv, "file.filename") || !strcmp(kv, "filename") ||
+			   !strcmp(kv, "file")) {
+			if (strlen(val) >= n) {
+				cli_error("--image-opts: file name too long");
+				return -ENAMETOOLONG;
+			}
+			strcpy(path, val);
+		} else if (!strcmp(kv, "file.driver")) {
+			if (strcmp(val, "file")) {
+				cli_error("--image-opts: file.driver=%s: only 'file' is supported", val);
+				return -EINVAL;
+			}
+		} else if (!strcmp(kv, "cache.direct")) {
+			ret = set_flag(o, kv, val, UQ_OPEN_DIRECT, true);
+		} else {
+			char one[4200];
+
+			snprintf(one, sizeof(one), "%s=%s", kv, val);
+			ret = cli_set_open_options(o, one);
+		}
+		if (ret < 0)
+			return ret;
+	}
+	if (!*path) {
+		cli_error("--image-opts: no file.filename= in '%s'", spec);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int cli_open_image(const char *spec, const struct cli_open *given,
 		   unsigned extra_flags, uq_image **img)
 {
+	struct cli_open mine = *given, *o = &mine;
+	char buf[4096];
+	const char *path = spec;
+
+	if (given->image_opts) {
+		int r = parse_image_opts(spec, &mine, buf, sizeof(buf));
+
+		if (r < 0) {
+			*img = NULL;
+			return r;
+		}
+		path = buf;
+	}
 	struct uq_open_opts opts = {
 		.struct_size = sizeof(opts),
 		.flags = o->flags | extra_flags,
