@@ -132,6 +132,9 @@ uint64_t bench_full_cache(uint64_t size, uint32_t cluster);
  * bytes (0: the default). On failure the message goes to bench_skip. */
 int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
 	       uint64_t l2_cache, uq_image **img);
+/* The same with UQ_OPEN_* flags (UQ_OPEN_RDWR, UQ_OPEN_DIRECT, ...). */
+int bench_open_flags(struct bench_run *r, const char *path, unsigned flags,
+		     uint64_t l2_cache, uq_image **img);
 
 /* Fill [0, len) of an image with data written in 1 MiB requests (every
  * cluster allocated, in guest order). */
@@ -220,7 +223,8 @@ const char *bench_errmsg(void);
 /* ---- bodies (one file per family) ---- */
 
 void bench_alloc_write(struct bench_run *r);    /* bits, cluster, io, qd */
-void bench_discard(struct bench_run *r);        /* bits, version, size */
+void bench_discard(struct bench_run *r);        /* bits, version, size, no_unref */
+void bench_discard_random(struct bench_run *r); /* bits, no_unref, size, count */
 void bench_write_zeroes(struct bench_run *r);   /* bits, version, unmap, size */
 void bench_snap_write(struct bench_run *r);     /* bits, snapshots, size */
 void bench_snap_discard(struct bench_run *r);   /* bits, snapshots, size */

@@ -298,10 +298,23 @@ void register_all(enum bench_scale scale)
 	for (uint64_t size : dsizes) {
 		for (unsigned bits : widths)
 			add(fmt("discard/refcount_bits:%u/version:3/size:%s", bits, sz(size).c_str()),
-			    bench_discard, { bits, 3, (int64_t)size }, MANUAL | MS);
+			    bench_discard, { bits, 3, (int64_t)size, 0 }, MANUAL | MS);
 		add(fmt("discard/refcount_bits:16/version:2/size:%s", sz(size).c_str()),
-		    bench_discard, { 16, 2, (int64_t)size }, MANUAL | MS);
+		    bench_discard, { 16, 2, (int64_t)size, 0 }, MANUAL | MS);
+		/* discard-no-unref: the clusters stay, marked zero, and punched */
+		for (unsigned bits : { 1u, 16u, 64u })
+			add(fmt("discard/refcount_bits:%u/version:3/no_unref:1/size:%s", bits,
+				sz(size).c_str()),
+			    bench_discard, { bits, 3, (int64_t)size, 1 }, MANUAL | MS);
 	}
+	/* 2a. many small random discards, freeing or keeping the clusters */
+	uint64_t rsize = small ? 64 * M : 1 * G, rcount = small ? 1024 : 16384;
+	for (unsigned no_unref : { 0u, 1u })
+		for (unsigned bits : widths)
+			add(fmt("discard_random/refcount_bits:%u/no_unref:%u/size:%s/count:%llu", bits,
+				no_unref, sz(rsize).c_str(), (unsigned long long)rcount),
+			    bench_discard_random, { bits, no_unref, (int64_t)rsize, (int64_t)rcount },
+			    MANUAL | MS);
 	/* 2b. the same after 0, 1 and 8 internal snapshots: rewrites copy
 	 * shared clusters, discards drop one reference of many. 1-bit
 	 * refcounts can't hold a snapshot, narrow ones only a few. */

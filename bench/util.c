@@ -245,11 +245,19 @@ out:
 int bench_open(struct bench_run *r, const char *path, bool rdwr, bool direct,
 	       uint64_t l2_cache, uq_image **img)
 {
+	return bench_open_flags(r, path, (rdwr ? UQ_OPEN_RDWR : 0) |
+				(direct ? UQ_OPEN_DIRECT : 0), l2_cache, img);
+}
+
+int bench_open_flags(struct bench_run *r, const char *path, unsigned flags,
+		     uint64_t l2_cache, uq_image **img)
+{
 	struct uq_open_opts o = {
 		.struct_size = sizeof(o),
-		.flags = (rdwr ? UQ_OPEN_RDWR : 0) | (direct ? UQ_OPEN_DIRECT : 0),
+		.flags = flags,
 		.l2_cache_size = l2_cache,
 	};
+	bool direct = flags & UQ_OPEN_DIRECT;
 	const char *io = getenv("UQCOW_BENCH_IO");
 	void *mem = NULL;
 	int ret = 0;
