@@ -152,10 +152,11 @@ def _layout(size, cluster, bits, prealloc, ops):
             'blocks_file': blocks_file, 'blocks_spots': blocks_spots, 'l1_clusters': l1c}
 
 
-def l2_slots(size, cluster):
-    """Tables in the default L2 cache: the image's, at most 32 MiB."""
+def l2_slots(size, cluster, writer=True):
+    """Tables in the default L2 cache: the image's (twice that for a
+    writer, so that all can be dirty), at most 32 MiB."""
     b = -(-size // cluster) * 8
-    b = -(-b // cluster) * cluster
+    b = -(-b // cluster) * cluster * (2 if writer else 1)
     return max(2, min(b, DEFAULT_L2_CACHE_MAX) // cluster)
 
 
@@ -173,17 +174,20 @@ def shuffled(n):
 
 
 class _Engine:
-    """What uqcow's write-back rules do with a sequence of operations, as
-    counts: an L2 cache of `slots` tables (CLOCK, as l2cache.c; a dirty
-    table is never dropped), the half-dirty rule of l2_for_write (a
-    table about to become dirty while half the slots are dirty writes all
-    metadata back first), refcount blocks loaded once each (the runs touch
-    each block a few times at most: the cache size changes evictions, not
-    loads, see refblock_loads in the report), and per write-back:
-    every dirty table, every block dirtied by increases, then (deferred
-    frees, after the tables are durable) every block the frees touch; the
-    L1 table when a table moved; 2 syncs, 1 more for the L1 table, 1 more
-    when there were frees."""
+    """What uqcow's write-back rules (engine/writeback.c) do with a
+    sequence of operations, as counts: an L2 cache of `slots` tables
+    (CLOCK, as l2cache.c; a dirty table is never dropped); the half-dirty
+    rule of l2_for_write: a table about to become dirty while half the
+    slots are dirty starts a batch write-back (uq_l2_writeback: refcount
+    increases, a sync unless only an earlier batch's tables were written
+    since, then every dirty table; no frees, no L1). Refcount blocks are
+    loaded once each (the runs touch each block a few times at most: the
+    cache size changes evictions, not loads, see refblock_loads in the
+    report). The closing flush (uq_meta_flush): increases, sync, tables,
+    then the L1 table after a sync when a table moved or was dropped,
+    then, after a sync, the deferred frees: every block they touch is
+    written, and a final sync. A sync with nothing written since the last
+    one is skipped."""
 
     def __init__(self, slots):
         self.slots = slots
@@ -192,23 +196,59 @@ class _Engine:
         self.rb_seen = set()
         self.rb_inc, self.rb_free = set(), set()
         self.l1 = False
+        self.pending = False       # written since the last sync
+        self.since_batch = True    # written since a batch's table writes
         self.reads = self.writes = self.syncs = self.flushes = self.loads = 0
+
+    def _write(self, n=1):
+        if n:
+            self.writes += n
+            self.pending = self.since_batch = True
+
+    def data(self):
+        """A data write (counted by the file, not as metadata)."""
+        self.pending = self.since_batch = True
+
+    def _sync(self):
+        if self.pending:
+            self.syncs += 1
+            self.pending = False
+
+    def batch(self):
+        self._write(len(self.rb_inc))
+        self.rb_inc.clear()
+        if self.since_batch:
+            self._sync()
+        if self.dirty:
+            self._write(len(self.dirty))
+            self.dirty.clear()
+            self.since_batch = False
 
     def flush(self):
         if not (self.dirty or self.rb_inc or self.rb_free or self.l1):
+            self._sync()
             return
         self.flushes += 1
-        self.writes += len(self.dirty) + len(self.rb_inc) + len(self.rb_free) + self.l1
-        self.syncs += 2 + self.l1 + (1 if self.rb_free else 0)
-        self.dirty.clear()
+        self._write(len(self.rb_inc))
         self.rb_inc.clear()
-        self.rb_free.clear()
-        self.l1 = False
+        self._sync()
+        self._write(len(self.dirty))
+        self.dirty.clear()
+        if self.l1:
+            self._sync()
+            self._write(1)
+            self.l1 = False
+        if self.rb_free:
+            self._sync()
+            self.pending = True    # the punches of what was freed
+            self._write(len(self.rb_free))
+            self.rb_free.clear()
+        self._sync()
 
     def table(self, key, write=True, load=True):
         """Use L2 table key (load it if not cached); dirty it when write."""
         if write and key not in self.dirty and (len(self.dirty) + 1) * 2 > self.slots:
-            self.flush()
+            self.batch()
         if key in self.where:
             self.ref[self.where[key]] = True
         else:
@@ -217,6 +257,14 @@ class _Engine:
             self._claim(key)
         if write:
             self.dirty.add(key)
+
+    def drop(self, key):
+        """A discard of the table's whole span: read, released, not dirty."""
+        self.table(key, write=False)
+        i = self.where.pop(key, None)
+        if i is not None:
+            self.keys[i] = None
+        self.l1 = True
 
     def _claim(self, key):
         # l2cache.c's victim_locked: CLOCK, dirty slots never taken
@@ -264,10 +312,10 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
     else:
         # setup (op:write: the run itself) allocates each spot's cluster,
         # and its table when new, at the end of the file
-        host, seen, h = [], set(), base
+        host, seen, h = [], {}, base
         for c in g:
             if c // entries not in seen:
-                seen.add(c // entries)
+                seen[c // entries] = h       # the table, before its first cluster
                 h += 1
             host.append(h)
             h += 1
@@ -284,12 +332,14 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
                 made.add(t)
                 e.l1 = True
             e.block(host[i] // per)
+            e.data()
     elif op == 'cow':
         copied = set()
         for i in order:
             t = g[i] // entries
             if snapshots == 0:
                 e.table(t, write=False)
+                e.data()                           # in place
                 continue
             if t not in copied:
                 e.table(('old', t), write=False)   # read, then copied
@@ -298,6 +348,7 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
                 e.block(end // per)
                 end += 1
             e.table(t, load=False)
+            e.data()
             e.block(end // per)                    # the new data cluster
             end += 1
             e.block(host[i] // per, free=True)     # one reference less
@@ -312,14 +363,18 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
             def at(c):
                 return base + c + c // entries + 1 + c // per
             last = size // cluster - 1
+            # each table's whole span: the table is dropped (read, its
+            # clusters and itself freed, the L1 entry cleared)
             for t in range(total):
-                e.table(t)
+                e.drop(t)
                 first = t * entries
                 for b in range(at(first) // per, at(min(first + entries - 1, last)) // per + 1):
                     e.block(b, free=True)
         else:
+            for t in sorted(seen):
+                e.drop(t)
+                e.block(seen[t] // per, free=True)
             for i in range(ops):
-                e.table(g[i] // entries)
                 e.block(host[i] // per, free=True)
     elif op == 'snapshot':
         s = snapshots
@@ -332,12 +387,11 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
     elif op == 'amend':
         r16 = refcount_blocks(end, 16, cluster)
         e.reads, e.writes = r16 + 1, refcount_blocks(end, bits, cluster) + 2
-        e.syncs, e.loads, n = 4, r16, 1
+        e.syncs, e.loads, n = 3, r16, 1
     else:
         raise ValueError('unknown op %r' % op)
-    e.flush()
-    if op == 'zero' or (op == 'cow' and snapshots == 0):
-        e.syncs = max(e.syncs, 1)      # the closing flush syncs the data
+    if op not in ('snapshot', 'amend'):
+        e.flush()
     out = {'meta_reads_per_op': e.reads / n, 'meta_writes_per_op': e.writes / n,
            'syncs_per_op': e.syncs / n, 'refblock_loads_per_op': e.loads / n}
     out['meta_io_per_op'] = out['meta_reads_per_op'] + out['meta_writes_per_op']
