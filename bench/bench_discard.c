@@ -12,6 +12,27 @@
 
 enum op { OP_DISCARD, OP_ZERO, OP_ZERO_UNMAP };
 
+/* A falloc-preallocated image (every cluster allocated and backed by
+ * file blocks, so that freeing them has real work to do), opened for
+ * writing, discard-no-unref or not; the clock and the counters start. */
+static int setup(struct bench_run *r, const char *path, uint64_t size, uint32_t bits,
+		 uint32_t version, bool no_unref, uq_image **img, double *t0)
+{
+	int ret = bench_create(path, size, CLUSTER, bits, version, UQ_PREALLOC_FALLOC, NULL);
+
+	if (ret < 0) {
+		bench_skip(r, bench_errmsg());
+		return ret;
+	}
+	ret = bench_open_flags(r, path, UQ_OPEN_RDWR | (no_unref ? UQ_OPEN_DISCARD_NO_UNREF : 0),
+			       0, img);
+	if (ret < 0)
+		return ret;
+	*t0 = bench_now();
+	bench_measure_begin(r);
+	return 0;
+}
+
 /* One request over [0, size) of a fully allocated image, plus the flush
  * that puts its metadata on disk. */
 static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version,
@@ -28,18 +49,8 @@ static void run(struct bench_run *r, enum op op, uint32_t bits, uint32_t version
 		double t0;
 		int ret;
 
-		/* falloc: every cluster allocated and backed by file blocks,
-		 * so that freeing them has real work to do */
-		ret = bench_create(path, size, CLUSTER, bits, version, UQ_PREALLOC_FALLOC, NULL);
-		if (ret < 0) {
-			bench_skip(r, bench_errmsg());
+		if (setup(r, path, size, bits, version, no_unref, &img, &t0) < 0)
 			break;
-		}
-		if (bench_open_flags(r, path, UQ_OPEN_RDWR | (no_unref ? UQ_OPEN_DISCARD_NO_UNREF : 0),
-				     0, &img) < 0)
-			break;
-		t0 = bench_now();
-		bench_measure_begin(r);
 		if (op == OP_DISCARD)
 			ret = uq_discard(img, 0, size);
 		else
@@ -88,17 +99,10 @@ void bench_discard_random(struct bench_run *r)
 		uint64_t seed = 0x9e3779b97f4a7c15ull;
 		uq_image *img;
 		double t0;
-		int ret = bench_create(path, size, CLUSTER, bits, 3, UQ_PREALLOC_FALLOC, NULL);
+		int ret = setup(r, path, size, bits, 3, no_unref, &img, &t0);
 
-		if (ret < 0) {
-			bench_skip(r, bench_errmsg());
+		if (ret < 0)
 			break;
-		}
-		if (bench_open_flags(r, path, UQ_OPEN_RDWR | (no_unref ? UQ_OPEN_DISCARD_NO_UNREF : 0),
-				     0, &img) < 0)
-			break;
-		t0 = bench_now();
-		bench_measure_begin(r);
 		for (uint64_t i = 0; i < count && ret == 0; i++)
 			ret = uq_discard(img, bench_rand(&seed) % (size / CLUSTER) * CLUSTER, CLUSTER);
 		if (bench_finish_costs(r, img, ret, t0, &c, count) < 0)

@@ -97,6 +97,21 @@ static bool rb_dirty(const uq_image *img)
 	return img->rc.table_dirty;
 }
 
+/* Before any L2 table goes out: the dirty bit (lazy refcounts), the data
+ * file's data durable, refcount increases written (not yet synced). */
+static int write_increases(uq_image *img)
+{
+	int ret = 0;
+
+	if (img->rc.lazy)
+		ret = uq_header_set_dirty(img, true);
+	if (ret == 0 && img->data != img->file)
+		ret = sync_changed(img->data, &img->synced_data);
+	if (ret == 0 && !img->rc.lazy)
+		ret = uq_rc_write_dirty(img);
+	return ret;
+}
+
 /* Data, then refcount increases, then L2 tables, then L1, then the
  * refcount decreases of what the new L2 entries no longer reference. */
 int uq_meta_flush(uq_image *img)
@@ -118,12 +133,7 @@ int uq_meta_flush(uq_image *img)
 					   strerror(-ret)) : 0;
 	}
 	uq_count(img->ctx, UQ_STAT_META_FLUSHES, 1);
-	if (img->rc.lazy)
-		ret = uq_header_set_dirty(img, true);
-	if (ret == 0 && img->data != img->file)
-		ret = sync_changed(img->data, &img->synced_data);
-	if (ret == 0 && !img->rc.lazy)
-		ret = uq_rc_write_dirty(img);
+	ret = write_increases(img);
 	if (ret == 0)
 		ret = sync_file(img);
 	if (ret == 0 && l2)
@@ -167,12 +177,7 @@ int uq_l2_writeback(uq_image *img)
 	if (ret < 0)
 		return ret;
 	uq_count(img->ctx, UQ_STAT_L2_BATCH_WRITEBACKS, 1);
-	if (img->rc.lazy)
-		ret = uq_header_set_dirty(img, true);
-	if (ret == 0 && img->data != img->file)
-		ret = sync_changed(img->data, &img->synced_data);
-	if (ret == 0 && !img->rc.lazy)
-		ret = uq_rc_write_dirty(img);
+	ret = write_increases(img);
 	/* increases and data written in place must be durable before tables
 	 * that rely on them; tables of an earlier batch need no sync first */
 	if (ret == 0 && (changes(img->file) == UINT64_MAX ||

@@ -400,11 +400,9 @@ def raw_model_ops(ops, cs, v2_backing):
     return out
 
 
-def io_case(root, name, opts, backing, seed, nops):
-    """One command list through qemu-io and uqcow io. Oracles: qemu's
-    image (when qemu didn't corrupt it) and a raw copy the same commands
-    were applied to, as their qcow2 meaning."""
-    r = Result('io ' + name)
+def io_dir(root, name, opts, backing):
+    """The case's folder with its raw model (the backing file's contents,
+    or zeros): (folder, cluster size, the -b/-F arguments)."""
     d = os.path.join(root, 'io', name)
     os.makedirs(d)
     cs = parse_size(opt_value(opts, 'cluster_size', '65536'))
@@ -414,6 +412,15 @@ def io_case(root, name, opts, backing, seed, nops):
         run(['qemu-img', 'convert', '-f', backing, '-O', 'raw', extra[1], 'model.raw'], d)
     else:
         run(['qemu-img', 'create', '-q', '-f', 'raw', 'model.raw', str(SIZE)], d)
+    return d, cs, extra
+
+
+def io_case(root, name, opts, backing, seed, nops):
+    """One command list through qemu-io and uqcow io. Oracles: qemu's
+    image (when qemu didn't corrupt it) and a raw copy the same commands
+    were applied to, as their qcow2 meaning."""
+    r = Result('io ' + name)
+    d, cs, extra = io_dir(root, name, opts, backing)
     uo = ['-o', opts.replace('DATA', 'u.data')] if opts else []
     qo = ['-o', opts.replace('DATA', 'q.data')] if opts else []
     a = ['create', '-q', '-f', 'qcow2'] + uo + extra + ['u.qcow2', str(SIZE)]
@@ -510,15 +517,7 @@ def io_no_unref(root, name, opts, backing, seed, nops):
     cluster a write ever had stays the image's (exact: the second pass
     counts no allocated clusters), and the file doesn't grow."""
     r = Result('io ' + name)
-    d = os.path.join(root, 'io', name)
-    os.makedirs(d)
-    cs = parse_size(opt_value(opts, 'cluster_size', '65536'))
-    extra = []
-    if backing:
-        extra = ['-b', make_base(d, backing), '-F', backing]
-        run(['qemu-img', 'convert', '-f', backing, '-O', 'raw', extra[1], 'model.raw'], d)
-    else:
-        run(['qemu-img', 'create', '-q', '-f', 'raw', 'model.raw', str(SIZE)], d)
+    d, cs, extra = io_dir(root, name, opts, backing)
     run(['qemu-img', 'create', '-q', '-f', 'qcow2'] + (['-o', opts] if opts else []) + extra +
         ['u.qcow2', str(SIZE)], d)
     rng = random.Random('%s-%d' % (name, seed))
