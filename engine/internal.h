@@ -188,6 +188,11 @@ int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 /* Synchronously look up the L2 entry covering guest offset off.
  * *m is the decoded mapping, or UQ_C_UNALLOC if no L2 table. */
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m);
+/* fn on every mapping of the L2 table covering guest offset off (a
+ * table-aligned offset), in guest order, up to the virtual size. A table
+ * not in the cache is read around it (for a table about to be dropped). */
+int uq_map_table(uq_image *img, uint64_t off,
+		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg);
 /* Entry idx of the L2 table at l2_off, read synchronously on a miss. */
 int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2]);
 
@@ -213,6 +218,9 @@ int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
  * increases they rely on are durable); L1 and the deferred frees wait
  * for a flush unless the frees are over their budget. */
 int uq_l2_writeback(uq_image *img);
+/* A full uq_meta_flush when the deferred frees are over their budget
+ * (UQ_FREE_BUDGET_BYTES / _RUNS), else nothing. */
+int uq_frees_bound(uq_image *img);
 /* The deferred frees past which a writeback becomes a flush. */
 #define UQ_FREE_BUDGET_BYTES (256ull << 20)
 #define UQ_FREE_BUDGET_RUNS 65536

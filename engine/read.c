@@ -629,6 +629,48 @@ int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
 	return ret < 0 ? ret : decode_entry(img, e, off, m);
 }
 
+int uq_map_table(uq_image *img, uint64_t off,
+		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg)
+{
+	uint64_t l2_off, span = (uint64_t)img->g.l2_entries << img->g.cluster_bits;
+	uint64_t end = off + span < img->size ? off + span : img->size;
+	unsigned words = l2_words(img);
+	struct uq_l2map m;
+	uint8_t *tab = NULL;
+	int ret = l2_table_of(img, off, &l2_off);
+
+	if (ret < 0 || !l2_off)
+		return ret;
+	/* not cached: read it around the cache, which keeps what it holds */
+	if (!l2c_resident(img->l2c, l2_off)) {
+		if (posix_memalign((void **)&tab, img->align, (size_t)img->g.cluster_size))
+			return -ENOMEM;
+		ret = uq_meta_pread(img, UQ_MK_L2, tab, (size_t)img->g.cluster_size, l2_off);
+		if (ret < 0) {
+			free(tab);
+			return uq_seterr(ret, "%s: reading L2 table at 0x%llx failed", img->path,
+					 (unsigned long long)l2_off);
+		}
+	}
+	for (uint64_t g = off; g < end && ret == 0; g += img->g.cluster_size) {
+		uint64_t idx = l2_index(img, g), e[2] = { 0, 0 };
+
+		if (tab) {
+			e[0] = uq_be64(tab + idx * words * 8);
+			if (words == 2)
+				e[1] = uq_be64(tab + idx * 16 + 8);
+		} else {
+			ret = uq_l2_entry_sync(img, l2_off, idx, e);
+		}
+		if (ret == 0)
+			ret = decode_entry(img, e, g, &m);
+		if (ret == 0)
+			ret = fn(img, &m, arg);
+	}
+	free(tab);
+	return ret;
+}
+
 /* ---- per-thread queues ---- */
 
 struct uq_queue {

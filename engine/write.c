@@ -425,11 +425,16 @@ uint64_t uq_discard_table_span(const uq_image *img, uint64_t off, uint64_t len)
  * and its clusters still allocated, so a crash leaves the old mapping.
  * The freed table sits next to the data it mapped, so the frees merge
  * into one punch where per-entry discards punch once per table. */
+static int release_mapping(uq_image *img, const struct uq_l2map *m, void *arg)
+{
+	(void)arg;
+	return uq_mapping_release(img, m, 0);
+}
+
 int uq_discard_table(uq_image *img, uint64_t off)
 {
 	uint64_t l1i = uq_cluster_of(img, off) >> img->g.l2_bits;
-	uint64_t l2_off = 0, span = (uint64_t)img->g.l2_entries << img->g.cluster_bits;
-	struct uq_l2map m;
+	uint64_t l2_off = 0;
 	bool copied;
 	int ret;
 
@@ -438,18 +443,16 @@ int uq_discard_table(uq_image *img, uint64_t off)
 	ret = uq_l1_decode(&img->g, img->l1[l1i], &l2_off, &copied);
 	if (ret < 0 || !l2_off)
 		return ret;
-	for (uint64_t g = off; g < off + span && g < img->size && ret == 0; g += csz(img)) {
-		ret = uq_map_entry(img, g, &m);
-		if (ret == 0)
-			ret = uq_mapping_release(img, &m, 0);
-	}
+	ret = uq_map_table(img, off, release_mapping, NULL);
 	if (ret < 0)
 		return ret;
 	img->l1[l1i] = 0;
 	img->l1_dirty = true;
 	l2c_invalidate(img->l2c, l2_off);
 	uq_count(img->ctx, UQ_STAT_L2_TABLES_FREED, 1);
-	return uq_rc_free_later(img, l2_off, csz(img));
+	ret = uq_rc_free_later(img, l2_off, csz(img));
+	/* nothing else flushes a run of drops: bound what they defer */
+	return ret ? ret : uq_frees_bound(img);
 }
 
 /* A plain or subcluster write of one cluster's piece. */

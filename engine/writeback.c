@@ -166,12 +166,22 @@ int uq_meta_flush(uq_image *img)
  * sync after them. What the tables drop stays deferred (freeing needs
  * them durable, and L1 after them), so eviction under a small cache costs
  * table writes, not syncs; past the budget of deferred frees, a flush. */
+static bool frees_over(const uq_image *img)
+{
+	return img->rc.free_clusters * img->g.cluster_size >= UQ_FREE_BUDGET_BYTES ||
+	       img->rc.nfrees >= UQ_FREE_BUDGET_RUNS;
+}
+
+int uq_frees_bound(uq_image *img)
+{
+	return frees_over(img) ? uq_meta_flush(img) : 0;
+}
+
 int uq_l2_writeback(uq_image *img)
 {
 	int ret;
 
-	if (img->rc.free_clusters * img->g.cluster_size >= UQ_FREE_BUDGET_BYTES ||
-	    img->rc.nfrees >= UQ_FREE_BUDGET_RUNS)
+	if (frees_over(img))
 		return uq_meta_flush(img);
 	ret = reap_data(img);
 	if (ret < 0)

@@ -33,6 +33,7 @@ KiB, MiB, GiB, TiB, PiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50
 OPS = 128                       # bench_scale.c's operations per run
 DEFAULT_RC_CACHE = 4 * MiB      # UQ_DEFAULT_REFCOUNT_CACHE
 DEFAULT_L2_CACHE_MAX = 32 * MiB  # UQ_DEFAULT_L2_CACHE_MAX
+FREE_BUDGET = 256 * MiB          # UQ_FREE_BUDGET_BYTES
 WIDTHS = [1, 2, 4, 8, 16, 32, 64]
 MASK64 = (1 << 64) - 1
 
@@ -196,6 +197,7 @@ class _Engine:
         self.rb_seen = set()
         self.rb_inc, self.rb_free = set(), set()
         self.l1 = False
+        self.freed = 0             # clusters in deferred frees
         self.pending = False       # written since the last sync
         self.since_batch = True    # written since a batch's table writes
         self.reads = self.writes = self.syncs = self.flushes = self.loads = 0
@@ -243,6 +245,7 @@ class _Engine:
             self.pending = True    # the punches of what was freed
             self._write(len(self.rb_free))
             self.rb_free.clear()
+        self.freed = 0
         self._sync()
 
     def table(self, key, write=True, load=True):
@@ -258,13 +261,19 @@ class _Engine:
         if write:
             self.dirty.add(key)
 
-    def drop(self, key):
-        """A discard of the table's whole span: read, released, not dirty."""
-        self.table(key, write=False)
+    def drop(self, key, freed, cluster):
+        """A discard of the table's whole span: read around the cache when
+        not in it, its freed clusters (and itself) deferred; past the
+        budget of deferred frees (FREE_BUDGET bytes), a flush."""
         i = self.where.pop(key, None)
-        if i is not None:
+        if i is None:
+            self.reads += 1
+        else:
             self.keys[i] = None
         self.l1 = True
+        self.freed += freed + 1
+        if self.freed * cluster >= FREE_BUDGET:
+            self.flush()
 
     def _claim(self, key):
         # l2cache.c's victim_locked: CLOCK, dirty slots never taken
@@ -366,16 +375,17 @@ def predict(op, bits, cluster, size, snapshots=0, rc_cache=0, prealloc=0, ops=OP
             # each table's whole span: the table is dropped (read, its
             # clusters and itself freed, the L1 entry cleared)
             for t in range(total):
-                e.drop(t)
                 first = t * entries
                 for b in range(at(first) // per, at(min(first + entries - 1, last)) // per + 1):
                     e.block(b, free=True)
+                e.drop(t, min(entries, size // cluster - first), cluster)
         else:
             for t in sorted(seen):
-                e.drop(t)
+                mine = [i for i in range(ops) if g[i] // entries == t]
+                for i in mine:
+                    e.block(host[i] // per, free=True)
                 e.block(seen[t] // per, free=True)
-            for i in range(ops):
-                e.block(host[i] // per, free=True)
+                e.drop(t, len(mine), cluster)
     elif op == 'snapshot':
         s = snapshots
         L = len({c // entries for c in g})
