@@ -183,6 +183,37 @@ static void discard_table(const char *path, unsigned bits, enum uq_backend be)
 	CHECK(uq_close(img) == 0);
 }
 
+/* The same after a reopen, with the table not in the cache: it is read
+ * once around the cache (an L2 read, no miss, no hit), and the cache
+ * stays empty; the refcount blocks are loaded for the frees. */
+static void discard_table_cold(const char *path, unsigned bits, enum uq_backend be)
+{
+	struct uq_open_opts oo = { .struct_size = sizeof(oo), .flags = UQ_OPEN_RDWR,
+				   .backend = be };
+	uq_image *img = written_table(path, bits, be);
+	uint64_t blocks = bits == 64 ? 2 : 1;
+
+	CHECK(uq_close(img) == 0);
+	CHECK(uq_open(path, &oo, &img) == 0);
+	CHECK(uq_reset_stats(img) == 0);
+	CHECK(uq_discard(img, 0, 2 << 20) == 0);
+	CHECK(uq_flush(img) == 0);
+	EXPECT(img, "discard of one L2 table not in the cache",
+	       { "req_discard_ops", 1 }, { "req_discard_bytes", 2 << 20 },
+	       { "req_flush_ops", 1 },
+	       { "file_read_ops", 1 + blocks }, { "file_read_bytes", CS + blocks * CS },
+	       { "file_write_ops", 1 + blocks }, { "file_write_bytes", L1_BYTES + blocks * CS },
+	       { "file_sync_ops", 2 },
+	       { "file_punch_ops", blocks }, { "file_punch_bytes", 513 * CS },
+	       { "l2_read_ops", 1 }, { "l2_read_bytes", CS },
+	       { "refblock_read_ops", blocks }, { "refblock_read_bytes", blocks * CS },
+	       { "l1_write_ops", 1 }, { "l1_write_bytes", L1_BYTES },
+	       { "refblock_write_ops", blocks }, { "refblock_write_bytes", blocks * CS },
+	       { "refblock_loads", blocks }, { "refblock_writebacks", blocks },
+	       { "clusters_freed", 513 }, { "meta_flushes", 1 }, { "l2_tables_freed", 1 });
+	CHECK(uq_close(img) == 0);
+}
+
 /* All but the first cluster: the entries are cleared and the table
  * written (sync), then the 511 data clusters freed, one punch (two at 64
  * bits), and the blocks written, sync. */
@@ -324,6 +355,7 @@ int main(void)
 			test_where = where;
 			alloc_write(path, widths[i], bes[b].be);
 			discard_table(path, widths[i], bes[b].be);
+			discard_table_cold(path, widths[i], bes[b].be);
 			discard_entries(path, widths[i], bes[b].be);
 			compressed(path, widths[i], bes[b].be);
 			if (widths[i] > 1)
