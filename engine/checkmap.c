@@ -76,14 +76,12 @@ static size_t big_slot(const struct ck *ck, uint64_t c)
 
 uint64_t ck_big_get(const struct ck *ck, uint64_t c)
 {
-	for (size_t i = ck->big_cap ? big_slot(ck, c) : 0; ck->big_cap;
-	     i = (i + 1) & (ck->big_cap - 1)) {
-		if (!ck->big[i].cluster)
-			break;
+	if (!ck->big_cap)
+		return CK_BIG;   /* not reached: CK_BIG in counts means an entry */
+	for (size_t i = big_slot(ck, c); ck->big[i].cluster; i = (i + 1) & (ck->big_cap - 1))
 		if (ck->big[i].cluster == c + 1)
 			return ck->big[i].count;
-	}
-	return CK_BIG;   /* not reached: CK_BIG in counts means an entry */
+	return CK_BIG;
 }
 
 static int big_put(struct ck *ck, uint64_t c, uint64_t v)

@@ -190,9 +190,11 @@ int uq_internal_pread(uq_image *img, void *buf, size_t len, uint64_t off);
 int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m);
 /* fn on every mapping of the L2 table covering guest offset off (a
  * table-aligned offset), in guest order, up to the virtual size. A table
- * not in the cache is read around it (for a table about to be dropped). */
+ * not in the cache is read around it (for a table about to be dropped).
+ * *table: the table's offset (0: none, so no calls). */
 int uq_map_table(uq_image *img, uint64_t off,
-		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg);
+		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg,
+		 uint64_t *table);
 /* Entry idx of the L2 table at l2_off, read synchronously on a miss. */
 int uq_l2_entry_sync(uq_image *img, uint64_t l2_off, uint64_t idx, uint64_t e[2]);
 
@@ -203,6 +205,9 @@ int uq_rc_get(uq_image *img, uint64_t cluster, uint64_t *val);
 int uq_rc_add(uq_image *img, uint64_t cluster, int64_t delta);
 int uq_rc_alloc(uq_image *img, uint64_t n, uint64_t *host_off);
 int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes);
+/* Give [off, off + len) of f back to the file system (where it can't
+ * punch, the backend writes zeros); on failure "PATH: what failed: why". */
+int uq_punch(uq_image *img, struct io_file *f, uint64_t off, uint64_t len, const char *what);
 int uq_rc_apply_frees(uq_image *img);
 int uq_rc_write_dirty(uq_image *img);
 int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,

@@ -630,7 +630,8 @@ int uq_map_entry(uq_image *img, uint64_t off, struct uq_l2map *m)
 }
 
 int uq_map_table(uq_image *img, uint64_t off,
-		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg)
+		 int (*fn)(uq_image *img, const struct uq_l2map *m, void *arg), void *arg,
+		 uint64_t *table)
 {
 	uint64_t l2_off, span = (uint64_t)img->g.l2_entries << img->g.cluster_bits;
 	uint64_t end = off + span < img->size ? off + span : img->size;
@@ -639,6 +640,7 @@ int uq_map_table(uq_image *img, uint64_t off,
 	uint8_t *tab = NULL;
 	int ret = l2_table_of(img, off, &l2_off);
 
+	*table = ret < 0 ? 0 : l2_off;
 	if (ret < 0 || !l2_off)
 		return ret;
 	/* not cached: read it around the cache, which keeps what it holds */
@@ -656,9 +658,8 @@ int uq_map_table(uq_image *img, uint64_t off,
 		uint64_t idx = l2_index(img, g), e[2] = { 0, 0 };
 
 		if (tab) {
-			e[0] = uq_be64(tab + idx * words * 8);
-			if (words == 2)
-				e[1] = uq_be64(tab + idx * 16 + 8);
+			for (unsigned w = 0; w < words; w++)
+				e[w] = uq_be64(tab + (idx * words + w) * 8);
 		} else {
 			ret = uq_l2_entry_sync(img, l2_off, idx, e);
 		}

@@ -428,16 +428,18 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes)
 	return 0;
 }
 
-/* Give the space of a run of freed clusters back to the file system
- * (where it can't punch, the backend writes zeros). */
+int uq_punch(uq_image *img, struct io_file *f, uint64_t off, uint64_t len, const char *what)
+{
+	struct io_req r = { .op = IO_PUNCH, .file = f, .off = off, .len = (size_t)len };
+	ssize_t ret = len ? io_exec_sync(&r) : 0;
+
+	return ret < 0 ? uq_seterr((int)ret, "%s: %s failed: %s", img->path, what,
+				   strerror((int)-ret)) : 0;
+}
+
 static int punch(uq_image *img, uint64_t first, uint64_t n)
 {
-	struct io_req r = { .op = IO_PUNCH, .file = img->file,
-			    .off = first * cs(img), .len = (size_t)(n * cs(img)) };
-	ssize_t ret = n ? io_exec_sync(&r) : 0;
-
-	return ret < 0 ? uq_seterr((int)ret, "releasing freed clusters failed: %s",
-				   strerror((int)-ret)) : 0;
+	return uq_punch(img, img->file, first * cs(img), n * cs(img), "releasing freed clusters");
 }
 
 /* Drop one reference to cluster c; a cluster that became free joins the

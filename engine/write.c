@@ -359,13 +359,11 @@ static int punch_kept(struct wreq *wr, uint64_t host)
 
 int uq_punch_kept_flush(struct wreq *wr)
 {
-	struct io_req r = { .op = IO_PUNCH, .file = wr->img->data, .off = wr->punch_off,
-			    .len = (size_t)wr->punch_len };
-	ssize_t ret = wr->punch_len ? io_exec_sync(&r) : 0;
+	uint64_t len = wr->punch_len;
 
 	wr->punch_len = 0;
-	return ret < 0 ? uq_seterr((int)ret, "%s: releasing discarded clusters failed: %s",
-				   wr->img->path, strerror((int)-ret)) : 0;
+	return uq_punch(wr->img, wr->img->data, wr->punch_off, len,
+			"releasing discarded clusters");
 }
 
 int uq_discard_piece(struct wreq *wr, uint64_t off, size_t len)
@@ -433,20 +431,12 @@ static int release_mapping(uq_image *img, const struct uq_l2map *m, void *arg)
 
 int uq_discard_table(uq_image *img, uint64_t off)
 {
-	uint64_t l1i = uq_cluster_of(img, off) >> img->g.l2_bits;
-	uint64_t l2_off = 0;
-	bool copied;
-	int ret;
+	uint64_t l2_off;
+	int ret = uq_map_table(img, off, release_mapping, NULL, &l2_off);
 
-	if (l1i >= img->h.l1_size)
-		return 0;
-	ret = uq_l1_decode(&img->g, img->l1[l1i], &l2_off, &copied);
 	if (ret < 0 || !l2_off)
 		return ret;
-	ret = uq_map_table(img, off, release_mapping, NULL);
-	if (ret < 0)
-		return ret;
-	img->l1[l1i] = 0;
+	img->l1[uq_cluster_of(img, off) >> img->g.l2_bits] = 0;
 	img->l1_dirty = true;
 	l2c_invalidate(img->l2c, l2_off);
 	uq_count(img->ctx, UQ_STAT_L2_TABLES_FREED, 1);

@@ -162,10 +162,6 @@ int uq_meta_flush(uq_image *img)
 	return 0;
 }
 
-/* The first half of uq_meta_flush: increases, then the L2 tables, with no
- * sync after them. What the tables drop stays deferred (freeing needs
- * them durable, and L1 after them), so eviction under a small cache costs
- * table writes, not syncs; past the budget of deferred frees, a flush. */
 static bool frees_over(const uq_image *img)
 {
 	return img->rc.free_clusters * img->g.cluster_size >= UQ_FREE_BUDGET_BYTES ||
@@ -177,8 +173,13 @@ int uq_frees_bound(uq_image *img)
 	return frees_over(img) ? uq_meta_flush(img) : 0;
 }
 
+/* The first half of uq_meta_flush: increases, then the L2 tables, with no
+ * sync after them. What the tables drop stays deferred (freeing needs
+ * them durable, and L1 after them), so eviction under a small cache costs
+ * table writes, not syncs; past the budget of deferred frees, a flush. */
 int uq_l2_writeback(uq_image *img)
 {
+	uint64_t now;
 	int ret;
 
 	if (frees_over(img))
@@ -190,8 +191,8 @@ int uq_l2_writeback(uq_image *img)
 	ret = write_increases(img);
 	/* increases and data written in place must be durable before tables
 	 * that rely on them; tables of an earlier batch need no sync first */
-	if (ret == 0 && (changes(img->file) == UINT64_MAX ||
-			 changes(img->file) != img->l2_batch_mark))
+	now = changes(img->file);
+	if (ret == 0 && (now == UINT64_MAX || now != img->l2_batch_mark))
 		ret = sync_file(img);
 	if (ret == 0)
 		ret = l2c_for_each_dirty(img->l2c, write_l2, img);
