@@ -82,7 +82,6 @@ static int set_rc_cache(struct cli_open *o, const char *arg)
 	return set_cache_size(&o->refcount_cache_size, "refcount-cache-size", arg);
 }
 
-/* "-o l2-cache-size=1M[,...]": the open options uqcow knows. */
 /* on/off options set or clear one UQ_OPEN_* flag; 'set_on' says which
  * value sets it */
 static int set_flag(struct cli_open *o, const char *key, const char *val, unsigned flag,
@@ -105,6 +104,23 @@ static int set_flag(struct cli_open *o, const char *key, const char *val, unsign
 	return 0;
 }
 
+/* One open option uqcow knows (-o and --image-opts share them). */
+static int set_open_option(struct cli_open *o, const char *key, const char *val)
+{
+	if (!strcmp(key, "l2-cache-size") || !strcmp(key, "l2_cache_size"))
+		return set_l2_cache(o, val);
+	if (!strcmp(key, "refcount-cache-size") || !strcmp(key, "refcount_cache_size"))
+		return set_rc_cache(o, val);
+	if (!strcmp(key, "discard-no-unref"))
+		return set_flag(o, key, val, UQ_OPEN_DISCARD_NO_UNREF, true);
+	if (!strcmp(key, "pass-discard-request"))
+		return set_flag(o, key, val, UQ_OPEN_KEEP_DISCARDED, false);
+	cli_error("unknown open option '%s' (known: l2-cache-size, "
+		  "refcount-cache-size, discard-no-unref, pass-discard-request)", key);
+	return -EINVAL;
+}
+
+/* "-o l2-cache-size=1M[,...]": the open options uqcow knows. */
 int cli_set_open_options(struct cli_open *o, const char *arg)
 {
 	char *dup = strdup(arg), *save = NULL, *kv;
@@ -122,20 +138,7 @@ int cli_set_open_options(struct cli_open *o, const char *arg)
 			break;
 		}
 		*val++ = '\0';
-		if (!strcmp(kv, "l2-cache-size") || !strcmp(kv, "l2_cache_size")) {
-			ret = set_l2_cache(o, val);
-		} else if (!strcmp(kv, "refcount-cache-size") ||
-			   !strcmp(kv, "refcount_cache_size")) {
-			ret = set_rc_cache(o, val);
-		} else if (!strcmp(kv, "discard-no-unref")) {
-			ret = set_flag(o, kv, val, UQ_OPEN_DISCARD_NO_UNREF, true);
-		} else if (!strcmp(kv, "pass-discard-request")) {
-			ret = set_flag(o, kv, val, UQ_OPEN_KEEP_DISCARDED, false);
-		} else {
-			cli_error("unknown open option '%s' (known: l2-cache-size, "
-				  "refcount-cache-size, discard-no-unref, pass-discard-request)", kv);
-			ret = -EINVAL;
-		}
+		ret = set_open_option(o, kv, val);
 	}
 	free(dup);
 	return ret;
@@ -258,10 +261,7 @@ static int parse_image_opts(const char *spec, struct cli_open *o, char *path, si
 		} else if (!strcmp(kv, "cache.direct")) {
 			ret = set_flag(o, kv, val, UQ_OPEN_DIRECT, true);
 		} else {
-			char one[4200];
-
-			snprintf(one, sizeof(one), "%s=%s", kv, val);
-			ret = cli_set_open_options(o, one);
+			ret = set_open_option(o, kv, val);
 		}
 		if (ret < 0)
 			return ret;
