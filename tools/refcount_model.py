@@ -200,7 +200,7 @@ class _Engine:
         self.freed = 0             # clusters in deferred frees
         self.pending = False       # written since the last sync
         self.since_batch = True    # written since a batch's table writes
-        self.reads = self.writes = self.syncs = self.flushes = self.loads = 0
+        self.reads = self.writes = self.syncs = self.loads = 0
 
     def _write(self, n=1):
         if n:
@@ -230,7 +230,6 @@ class _Engine:
         if not (self.dirty or self.rb_inc or self.rb_free or self.l1):
             self._sync()
             return
-        self.flushes += 1
         self._write(len(self.rb_inc))
         self.rb_inc.clear()
         self._sync()
