@@ -49,6 +49,7 @@ int uq_close(uq_image *img)
 	if (!img)
 		return 0;
 	snprintf(who, sizeof(who), "%s", img->path);
+	(void)uq_settle(img);   /* close writes back what it can regardless */
 	ret = uq_close_impl(img);
 	return finish(ret, who, "close");
 }
@@ -213,7 +214,9 @@ int uq_resize(uq_image *img, uint64_t size)
 	int ret;
 
 	uq_errclear();
-	ret = uq_resize_impl(img, size);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_resize_impl(img, size);
 	return finish(ret, img->path, "resize");
 }
 
@@ -222,7 +225,9 @@ int uq_amend_refcount_bits(uq_image *img, uint32_t bits)
 	int ret;
 
 	uq_errclear();
-	ret = uq_amend_refcount_bits_impl(img, bits);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_amend_refcount_bits_impl(img, bits);
 	return finish(ret, img->path, "amend");
 }
 
@@ -238,7 +243,9 @@ int uq_amend(uq_image *img, const struct uq_amend_opts *opts)
 	memcpy(&full, opts, opts->struct_size < sizeof(full) ? opts->struct_size
 							     : sizeof(full));
 	full.struct_size = sizeof(full);
-	ret = uq_amend_impl(img, &full);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_amend_impl(img, &full);
 	return finish(ret, img->path, "amend");
 }
 
@@ -279,7 +286,9 @@ int uq_snapshot_create(uq_image *img, const char *name)
 	int ret;
 
 	uq_errclear();
-	ret = uq_snapshot_create_impl(img, name);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_snapshot_create_impl(img, name);
 	return finish(ret, img->path, "snapshot create");
 }
 
@@ -288,7 +297,9 @@ int uq_snapshot_apply(uq_image *img, const char *name_or_id)
 	int ret;
 
 	uq_errclear();
-	ret = uq_snapshot_apply_impl(img, name_or_id);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_snapshot_apply_impl(img, name_or_id);
 	return finish(ret, img->path, "snapshot apply");
 }
 
@@ -297,7 +308,9 @@ int uq_snapshot_delete(uq_image *img, const char *name_or_id)
 	int ret;
 
 	uq_errclear();
-	ret = uq_snapshot_delete_impl(img, name_or_id);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_snapshot_delete_impl(img, name_or_id);
 	return finish(ret, img->path, "snapshot delete");
 }
 
@@ -315,7 +328,9 @@ int uq_check(uq_image *img, unsigned flags, struct uq_check_result *res)
 	int ret;
 
 	uq_errclear();
-	ret = uq_check_impl(img, flags, res);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_check_impl(img, flags, res);
 	return finish(ret, img->path, "check");
 }
 
@@ -358,7 +373,9 @@ int uq_bitmap_add(uq_image *img, const char *name, uint32_t granularity, int ena
 	int ret;
 
 	uq_errclear();
-	ret = uq_bitmap_add_impl(img, name, granularity, enabled);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_bitmap_add_impl(img, name, granularity, enabled);
 	return finish(ret, img->path, "bitmap add");
 }
 
@@ -367,7 +384,9 @@ int uq_bitmap_remove(uq_image *img, const char *name)
 	int ret;
 
 	uq_errclear();
-	ret = uq_bitmap_remove_impl(img, name);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_bitmap_remove_impl(img, name);
 	return finish(ret, img->path, "bitmap remove");
 }
 
@@ -376,7 +395,9 @@ int uq_bitmap_clear(uq_image *img, const char *name)
 	int ret;
 
 	uq_errclear();
-	ret = uq_bitmap_clear_impl(img, name);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_bitmap_clear_impl(img, name);
 	return finish(ret, img->path, "bitmap clear");
 }
 
@@ -385,7 +406,9 @@ int uq_bitmap_enable(uq_image *img, const char *name, int enabled)
 	int ret;
 
 	uq_errclear();
-	ret = uq_bitmap_enable_impl(img, name, enabled);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_bitmap_enable_impl(img, name, enabled);
 	return finish(ret, img->path, enabled ? "bitmap enable" : "bitmap disable");
 }
 
@@ -394,7 +417,9 @@ int uq_bitmap_merge(uq_image *img, const char *name, uq_image *src, const char *
 	int ret;
 
 	uq_errclear();
-	ret = uq_bitmap_merge_impl(img, name, src, src_name);
+	ret = uq_settle(img);
+	if (ret == 0)
+		ret = uq_bitmap_merge_impl(img, name, src, src_name);
 	return finish(ret, img->path, "bitmap merge");
 }
 

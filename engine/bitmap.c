@@ -373,7 +373,7 @@ int uq_bm_commit(uq_image *img, const uint64_t *free_off, const uint64_t *free_l
 	if (ret == 0 && had && old_dsize)
 		ret = uq_rc_free_later(img, old_doff, old_dsize);
 	if (ret == 0)
-		ret = uq_rc_apply_frees(img);
+		ret = uq_rc_apply_frees(img, NULL);
 	if (ret == 0)
 		ret = sync_refcounts(img);
 	if (ret < 0)

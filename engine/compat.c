@@ -307,7 +307,7 @@ static int expand_table(uq_image *img, uint64_t l2_off, const uint8_t *zeros)
 			ret = io_fsync(img->file);
 		l2c_invalidate(img->l2c, l2_off);
 		if (ret == 0)
-			ret = uq_rc_apply_frees(img);
+			ret = uq_rc_apply_frees(img, NULL);
 		if (ret == 0)
 			ret = uq_rc_write_dirty(img);
 	}

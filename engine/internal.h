@@ -148,6 +148,11 @@ struct uq_image {
 	 * it still holds, only L2 tables are unsynced, and the next batch
 	 * needs no sync before its own tables */
 	uint64_t l2_batch_mark;
+	/* a metadata flush in flight (writeback.c); while there is one,
+	 * guest writes, zeroes, discards and flushes wait in the deferred
+	 * list (request.c), so nothing changes metadata it is writing */
+	struct uq_flush *flush;
+	struct uq_deferred *deferred, **deferred_tail;
 };
 
 static inline uint64_t uq_cluster_of(const uq_image *img, uint64_t off)
@@ -208,7 +213,16 @@ int uq_rc_free_later(uq_image *img, uint64_t host_off, uint64_t bytes);
 /* Give [off, off + len) of f back to the file system (where it can't
  * punch, the backend writes zeros); on failure "PATH: what failed: why". */
 int uq_punch(uq_image *img, struct io_file *f, uint64_t off, uint64_t len, const char *what);
-int uq_rc_apply_frees(uq_image *img);
+/* Drop the deferred frees' references; what became free is punched, on
+ * b's queue when b is given. Call only once the L1 and L2 tables that
+ * dropped them are durable. */
+struct uq_batch;
+int uq_rc_apply_frees(uq_image *img, struct uq_batch *b);
+/* Dirty refcount blocks, then (after they are durable) a changed
+ * refcount table, onto b's queue. The blocks' memory must stay as it is
+ * until b is idle: nothing may load or evict blocks meanwhile. */
+int uq_rc_queue_dirty(uq_image *img, struct uq_batch *b);
+int uq_rc_queue_table(uq_image *img, struct uq_batch *b);
 int uq_rc_write_dirty(uq_image *img);
 int uq_rc_rebuild(uq_image *img, const uint64_t *counts, uint64_t nclusters,
 		  uint32_t order);
@@ -218,7 +232,14 @@ int uq_write_open(uq_image *img);     /* prepare a read-write qcow2 image */
 int uq_write_close(uq_image *img);
 
 /* writeback.c */
-int uq_meta_flush(uq_image *img);     /* metadata to disk, in order */
+int uq_meta_flush(uq_image *img);     /* metadata to disk, in order; waits */
+/* The same flush, asynchronously: d completes (uq_ctx_complete) when it
+ * is done. Only with no flush in flight. */
+int uq_flush_start(uq_image *img, struct uq_done *d);
+/* A flush waiting for data writes goes on once none is in flight. */
+void uq_flush_kick(uq_image *img);
+/* Reap until no flush is in flight (guest completions are kept). */
+int uq_flush_settle(uq_image *img);
 /* Room in the L2 cache: dirty L2 tables written (after the refcount
  * increases they rely on are durable); L1 and the deferred frees wait
  * for a flush unless the frees are over their budget. */
@@ -230,6 +251,12 @@ int uq_frees_bound(uq_image *img);
 #define UQ_FREE_BUDGET_BYTES (256ull << 20)
 #define UQ_FREE_BUDGET_RUNS 65536
 
+
+/* request.c */
+/* Wait for a flush in flight and send out what waited for it; guest
+ * completions stay for uq_poll. Calls that change an image's structure
+ * start with it. */
+int uq_settle(uq_image *img);
 
 /* create.c */
 int uq_preallocate(uq_image *img, enum uq_prealloc mode);

@@ -549,7 +549,7 @@ ssize_t uq_pread_impl(uq_image *img, void *buf, size_t len, uint64_t off)
 		if (ret < 0)
 			return ret;
 		while (!w.done) {
-			ret = uq_poll_impl(img, 1);
+			ret = uq_ctx_poll(img->ctx, 1);
 			if (ret < 0)
 				return ret;
 			if (ret == 0 && !w.done)
@@ -731,11 +731,6 @@ int uq_queue_read_impl(uq_queue *q, void *buf, size_t len, uint64_t off,
 int uq_queue_poll_impl(uq_queue *q, unsigned min_complete)
 {
 	return uq_ctx_poll(&q->ctx, min_complete);
-}
-
-int uq_poll_impl(uq_image *img, unsigned min_complete)
-{
-	return uq_ctx_poll(img->ctx, min_complete);
 }
 
 /* Read guest content without delivering user completions: copy-on-write

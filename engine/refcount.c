@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batch.h"
 #include "error.h"
 #include "header.h"
 #include "internal.h"
@@ -437,14 +438,19 @@ int uq_punch(uq_image *img, struct io_file *f, uint64_t off, uint64_t len, const
 				   strerror((int)-ret)) : 0;
 }
 
-static int punch(uq_image *img, uint64_t first, uint64_t n)
+/* Freed clusters go back to the file system: on the queue when a batch
+ * is given (a flush's), else at once. */
+static int punch(uq_image *img, struct uq_batch *b, uint64_t first, uint64_t n)
 {
+	if (b)
+		return uq_batch_punch(b, img->file, first * cs(img), n * cs(img));
 	return uq_punch(img, img->file, first * cs(img), n * cs(img), "releasing freed clusters");
 }
 
 /* Drop one reference to cluster c; a cluster that became free joins the
  * run being collected, or ends it (punched) and starts the next one. */
-static int free_one(uq_image *img, uint64_t c, uint64_t *run_first, uint64_t *run_n)
+static int free_one(uq_image *img, struct uq_batch *b, uint64_t c, uint64_t *run_first,
+		    uint64_t *run_n)
 {
 	uint64_t v;
 	int ret = uq_rc_add(img, c, -1);
@@ -459,7 +465,7 @@ static int free_one(uq_image *img, uint64_t c, uint64_t *run_first, uint64_t *ru
 		(*run_n)++;
 		return 0;
 	}
-	ret = punch(img, *run_first, *run_n);
+	ret = punch(img, b, *run_first, *run_n);
 	*run_first = c;
 	*run_n = 1;
 	return ret;
@@ -495,7 +501,7 @@ static void merge_runs(uq_image *img)
 	img->rc.nfrees = n;
 }
 
-int uq_rc_apply_frees(uq_image *img)
+int uq_rc_apply_frees(uq_image *img, struct uq_batch *b)
 {
 	uint64_t run_first = 0, run_n = 0;
 	int ret = 0;
@@ -504,9 +510,9 @@ int uq_rc_apply_frees(uq_image *img)
 	merge_runs(img);
 	for (size_t i = 0; i < img->rc.nfrees && ret == 0; i++)
 		for (uint64_t k = 0; k < img->rc.frees[2 * i + 1] && ret == 0; k++)
-			ret = free_one(img, img->rc.frees[2 * i] + k, &run_first, &run_n);
+			ret = free_one(img, b, img->rc.frees[2 * i] + k, &run_first, &run_n);
 	if (ret == 0)
-		ret = punch(img, run_first, run_n);
+		ret = punch(img, b, run_first, run_n);
 	img->rc.nfrees = 0;
 	img->rc.free_clusters = 0;
 	return ret;
@@ -515,6 +521,30 @@ int uq_rc_apply_frees(uq_image *img)
 static int write_table(uq_image *img, uint64_t off, const uint64_t *t, uint64_t n)
 {
 	return uq_write_table64(img, UQ_MK_REFTABLE, off, t, n, n * 8);
+}
+
+int uq_rc_queue_dirty(uq_image *img, struct uq_batch *b)
+{
+	int ret = 0;
+
+	for (uint64_t i = 0; i < img->rc.entries && ret == 0; i++) {
+		if (!img->rc.block_dirty[i])
+			continue;
+		uq_count(img->ctx, UQ_STAT_REFBLOCK_WRITEBACKS, 1);
+		ret = uq_batch_write(b, UQ_MK_REFBLOCK, img->rc.blocks[i], cs(img),
+				     img->rc.table[i], NULL);
+		img->rc.block_dirty[i] = 0;
+	}
+	return ret;
+}
+
+int uq_rc_queue_table(uq_image *img, struct uq_batch *b)
+{
+	if (!img->rc.table_dirty)
+		return 0;
+	img->rc.table_dirty = false;
+	return uq_batch_write64(b, UQ_MK_REFTABLE, img->h.refcount_table_offset, img->rc.table,
+				img->rc.entries, img->rc.entries * 8);
 }
 
 int uq_rc_write_dirty(uq_image *img)

@@ -43,8 +43,9 @@ static void wop_done(struct io_req *io, ssize_t res)
 {
 	struct wop *op = (struct wop *)io;
 	struct wreq *wr = op->wr;
+	uq_image *img = wr->img;
 
-	wr->img->writes_inflight--;
+	img->writes_inflight--;
 	if (res < 0) {
 		/* An L2 entry may already point at the cluster this write was
 		 * to fill: stop writing so that entry never reaches the disk. */
@@ -57,6 +58,7 @@ static void wop_done(struct io_req *io, ssize_t res)
 	}
 	free(op);
 	uq_wreq_put(wr);
+	uq_flush_kick(img);   /* a flush may wait for the last data write */
 }
 
 /* Rewrite in place: goes out on the queue, completes asynchronously. */

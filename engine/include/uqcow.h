@@ -214,7 +214,10 @@ int uq_create(const char *path, const struct uq_create_opts *opts);
 #define UQ_ZERO_UNMAP       (1u << 1) /* write-zeroes may free clusters */
 
 /* Asynchronous writes: cb runs from uq_poll. Metadata reaches the disk in
- * the order docs/ARCHITECTURE.md gives, at the latest on flush or close. */
+ * the order docs/ARCHITECTURE.md gives, at the latest on flush or close.
+ * uq_aio_flush returns at once; its steps go out as earlier ones complete
+ * in uq_poll. Writes, zeroes, discards and flushes submitted while a flush
+ * is in flight wait for it, and go out in order after it completes. */
 int uq_aio_write(uq_image *img, const void *buf, size_t len, uint64_t off,
 		 unsigned flags, uq_done_fn cb, void *arg);
 int uq_aio_write_zeroes(uq_image *img, uint64_t off, uint64_t len,

@@ -13,6 +13,7 @@
 
 #include "crash.h"
 #include "error.h"
+#include "error.h"
 #include "refwalk.h"
 
 /* Reports per run beyond this many are counted, not printed; and no more
@@ -516,6 +517,126 @@ int g_flush(struct run *R)
 	if (ret == 0 && !faulted)
 		push_snap(R);
 	return ret;
+}
+
+/* Completions of g_aflush's three requests, in the order they came. */
+struct aflush_tag {
+	struct run *R;
+	int id, *order, *n;
+	ssize_t res;
+	size_t pos;            /* fault record position at its completion */
+	uint64_t fails;        /* failed changes by then */
+	char msg[256];         /* the engine's message as it completed */
+	char sub_msg[256];     /* ... and as its submission returned: a failure
+				* found then completes later, and the next
+				* call clears the thread's message */
+};
+
+static void aflush_cb(void *arg, ssize_t res)
+{
+	struct aflush_tag *t = arg;
+
+	t->res = res;
+	t->pos = io_fault_nops(t->R->fl);
+	t->fails = io_fault_failures(t->R->fl);
+	snprintf(t->msg, sizeof(t->msg), "%s", uq_errmsg());
+	t->order[(*t->n)++] = t->id;
+}
+
+/* A request refused at submission completes there, with its message. */
+static void aflush_refused(struct aflush_tag *t, int ret)
+{
+	aflush_cb(t, ret);
+}
+
+/* op_end reads the message of a failure: put back the one it had. */
+static void aflush_msg(const struct aflush_tag *t)
+{
+	uq_errclear();
+	if (t->res < 0 && (t->msg[0] || t->sub_msg[0]))
+		uq_seterr((int)t->res, "%s", t->msg[0] ? t->msg : t->sub_msg);
+}
+
+int g_aflush(struct run *R, uint64_t off1, uint64_t len1, bool discard1, uint64_t off2,
+	     uint64_t len2)
+{
+	uint8_t *b1 = malloc(len1 ? len1 : 1), *b2 = malloc(len2 ? len2 : 1);
+	int order[3], n = 0;
+	struct aflush_tag t[3];
+	struct opctx x1, x2;
+	uint64_t now, f0, fa;
+	int ret;
+
+	if (!b1 || !b2)
+		exit(1);
+	fill_random(R, b1, len1);
+	fill_random(R, b2, len2);
+	for (int i = 0; i < 3; i++)
+		t[i] = (struct aflush_tag){ .R = R, .id = i, .order = order, .n = &n };
+	trace("aflush %s 0x%llx 0x%llx, write 0x%llx 0x%llx", discard1 ? "discard" : "write",
+	      (unsigned long long)off1, (unsigned long long)len1, (unsigned long long)off2,
+	      (unsigned long long)len2);
+	x1 = op_begin(R);
+	ret = discard1 ? uq_aio_discard(R->img, off1, len1, aflush_cb, &t[0])
+		       : uq_aio_write(R->img, b1, len1, off1, 0, aflush_cb, &t[0]);
+	snprintf(t[0].sub_msg, sizeof(t[0].sub_msg), "%s", uq_errmsg());
+	if (ret < 0)   /* after an earlier failure, writes stop */
+		aflush_refused(&t[0], ret);
+	/* the fault file runs requests as they are queued: all of range 1's
+	 * changes are behind us, and the flush's come after them */
+	fa = io_fault_failures(R->fl);
+	ret = uq_aio_flush(R->img, aflush_cb, &t[1]);
+	snprintf(t[1].sub_msg, sizeof(t[1].sub_msg), "%s", uq_errmsg());
+	if (ret < 0)
+		aflush_refused(&t[1], ret);
+	x2 = (struct opctx){ io_fault_nops(R->fl), 0 };
+	ret = uq_aio_write(R->img, b2, len2, off2, 0, aflush_cb, &t[2]);
+	snprintf(t[2].sub_msg, sizeof(t[2].sub_msg), "%s", uq_errmsg());
+	if (ret < 0)
+		aflush_refused(&t[2], ret);
+	while (n < 3)
+		if (uq_poll(R->img, 1) < 0) {
+			fail(R, "aflush: polling failed: %s", uq_errmsg());
+			exit(1);
+		}
+	if (order[2] != 2 && t[2].res >= 0)
+		fail(R, "aflush: the write completed before the flush it waited for");
+	if (t[2].pos < t[1].pos && t[2].res >= 0)
+		fail(R, "aflush: the write changed the file before the flush completed");
+	/* op_end counts failures from x.failures to now: range 1 answers
+	 * for those before fa */
+	f0 = x1.failures;
+	now = io_fault_failures(R->fl);
+	x1.failures = f0 + (now - fa);
+	if (t[0].res > 0 && t[0].res != (ssize_t)len1)
+		t[0].res = -EIO;
+	aflush_msg(&t[0]);
+	op_end(R, x1, discard1 ? "discard" : "write", t[0].res < 0 ? (int)t[0].res : 0, off1,
+	       len1, discard1 ? NULL : b1);
+	if (t[1].res < 0 && !R->may_fail)
+		fail(R, "aflush: flush failed: %s", t[1].msg);
+	if (t[1].res < 0 && !t[1].msg[0] && !t[1].sub_msg[0])
+		fail(R, "aflush: flush failed (%s) without a message", strerror((int)-t[1].res));
+	/* The write goes out only after the flush, and a failed flush stops
+	 * writes: if the write succeeded, so did the flush, and nothing may
+	 * have failed since range 1. If it failed, its failures and the
+	 * flush's can't be told apart from here: the flush's success is
+	 * trusted only if nothing failed at all. */
+	if (t[2].res >= 0 && (t[1].res < 0 || now != fa))
+		fail(R, "aflush: the flush or the write behind it returned success though a "
+		     "change failed");
+	if (t[1].res == 0 && (t[2].res >= 0 || t[1].fails == fa) && fa == f0) {
+		push_snap(R);
+		R->snaps[R->nsnaps - 1].pos = t[1].pos;   /* durable from there on */
+	}
+	if (t[2].res > 0 && t[2].res != (ssize_t)len2)
+		t[2].res = -EIO;
+	x2.failures = now;
+	aflush_msg(&t[2]);
+	op_end(R, x2, "write", t[2].res < 0 ? (int)t[2].res : 0, off2, len2, b2);
+	free(b1);
+	free(b2);
+	return t[1].res < 0 ? (int)t[1].res : 0;
 }
 
 int g_resize(struct run *R, uint64_t size)

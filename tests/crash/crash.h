@@ -106,6 +106,12 @@ int g_write(struct run *R, uint64_t off, uint64_t len, unsigned flags);
 int g_zero(struct run *R, uint64_t off, uint64_t len, unsigned flags);
 int g_discard(struct run *R, uint64_t off, uint64_t len);
 int g_flush(struct run *R);
+/* uq_aio_write (or discard) of range 1, uq_aio_flush, and a uq_aio_write
+ * of range 2 submitted while the flush is in flight, then uq_poll until
+ * all three completed: the flush covers range 1, and range 2 goes out
+ * only after it. The ranges must not overlap. */
+int g_aflush(struct run *R, uint64_t off1, uint64_t len1, bool discard1, uint64_t off2,
+	     uint64_t len2);
 int g_resize(struct run *R, uint64_t size);
 int g_amend(struct run *R, uint32_t bits);
 /* Internal snapshots: kind 'c' create, 'a' apply, 'd' delete NAME. They

@@ -499,6 +499,36 @@ static void wl_nounref(struct run *R)
 	}
 }
 
+/* Asynchronous flushes with a request waiting behind each: a write or a
+ * discard goes out, then uq_aio_flush, then a write submitted while the
+ * flush is in flight (often into clusters the discard frees, which the
+ * flush punches first). Crash points fall inside every step of the
+ * flush's chain. */
+static void wl_aflush(struct run *R)
+{
+	uint64_t off, len, off2, len2;
+
+	for (int i = 0; i < 36; i++) {
+		uint64_t r = rnd_below(R, 10);
+
+		if (r < 3) {
+			off = pick(R, 3 * spc(R), &len);
+			g_write(R, off, len, 0);
+		} else if (r < 4) {
+			off = pick_clusters(R, 4, &len);
+			g_discard(R, off, len);
+		} else {
+			bool disc = r < 8;
+
+			off = disc ? pick_clusters(R, 4, &len) : pick(R, 3 * spc(R), &len);
+			do
+				off2 = pick(R, 3 * spc(R), &len2);
+			while (off2 < off + len && off < off2 + len2);
+			g_aflush(R, off, len, disc, off2, len2);
+		}
+	}
+}
+
 static const struct workload workloads[] = {
 	{ "alloc",    512,  256 << 10, 0, 8, wl_alloc, 0, 0, 0, 0 },
 	{ "inplace",  1024, 32 << 10,  0, 8, wl_inplace, 0, 0, 0, 0 },
@@ -515,6 +545,7 @@ static const struct workload workloads[] = {
 	{ "bitmap",   512,  64 << 10,  0, 8, wl_bitmap, 0, 1024, 0, 0 },
 	{ "batch",    512,  256 << 10, 0, 8, wl_batch, 0, 0, 1024, 0 },
 	{ "nounref",  512,  128 << 10, 0, 8, wl_nounref, 0, 0, 0, UQ_OPEN_DISCARD_NO_UNREF },
+	{ "aflush",   512,  128 << 10, 0, 8, wl_aflush, 0, 0, 0, 0 },
 };
 #define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
 

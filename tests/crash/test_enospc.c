@@ -32,8 +32,10 @@ static void workload(struct run *R)
 			g_zero(R, c * cs, SECTOR, 0);
 		else
 			g_discard(R, c * cs, 2 * cs);
-		if (i % 4 == 3)
+		if (i % 8 == 3)
 			g_flush(R);
+		if (i % 8 == 7)   /* a write waits behind an asynchronous flush */
+			g_aflush(R, c * cs, cs, false, (c + 1) * cs, cs);
 		if (i == 5)
 			g_snapshot(R, 'c', "a");
 		if (i == 13)
