@@ -67,8 +67,10 @@ int uq_write_in_place(struct wreq *wr, const uint8_t *buf, size_t len, uint64_t 
 	uq_image *img = wr->img;
 	struct wop *op;
 
-	/* an external data file holds no metadata: its offsets are guest's */
-	if (img->data == img->file && uq_meta_overlaps(img, host, len))
+	/* an external data file, or a raw image, holds no metadata: its
+	 * offsets are the guest's (and a raw image has no cluster size) */
+	if (img->fmt == UQ_FMT_QCOW2 && img->data == img->file &&
+	    uq_meta_overlaps(img, host, len))
 		return uq_mark_corrupt(img, "guest data", host);
 	op = calloc(1, sizeof(*op));
 	if (!op)
