@@ -571,22 +571,17 @@ static int cmp_off(const void *a, const void *b)
 }
 
 int l2c_for_each_dirty(struct l2cache *c,
-		       int (*fn)(void *arg, uint64_t off, const uint8_t *tab), void *arg)
+		       int (*fn)(void *arg, uint64_t off, uint8_t *tab), void *arg)
 {
 	uint64_t *offs;
-	uint8_t *buf;
 	size_t n = 0;
 	int ret = 0;
 
 	if (!c->ndirty)
 		return 0;
 	offs = malloc(c->ndirty * sizeof(*offs));
-	buf = malloc(c->table_bytes);
-	if (!offs || !buf) {
-		free(offs);
-		free(buf);
+	if (!offs)
 		return -ENOMEM;
-	}
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < c->nslots && n < c->ndirty; i++)
 		if (c->slots[i].dirty)
@@ -595,12 +590,19 @@ int l2c_for_each_dirty(struct l2cache *c,
 	/* ascending offsets: the writes go out as one forward sweep */
 	qsort(offs, n, sizeof(*offs), cmp_off);
 	for (size_t i = 0; i < n && ret == 0; i++) {
+		void *buf;
+
+		if (posix_memalign(&buf, c->align, c->table_bytes)) {
+			ret = -ENOMEM;
+			break;
+		}
 		ret = l2c_copy_out(c, offs[i], buf);
 		if (ret == 0)
 			ret = fn(arg, offs[i], buf);
+		else
+			free(buf);
 	}
 	free(offs);
-	free(buf);
 	return ret;
 }
 

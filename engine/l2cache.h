@@ -71,10 +71,10 @@ void l2c_clean(struct l2cache *c, uint64_t off);
 size_t l2c_dirty_count(const struct l2cache *c);
 bool l2c_is_dirty(struct l2cache *c, uint64_t off);
 
-/* Calls fn for every dirty table, in ascending offset order, with its
- * on-disk bytes. */
+/* Calls fn for every dirty table, in ascending offset order, with a copy
+ * of its on-disk bytes (aligned for the file) that fn owns and frees. */
 int l2c_for_each_dirty(struct l2cache *c,
-		       int (*fn)(void *arg, uint64_t off, const uint8_t *tab), void *arg);
+		       int (*fn)(void *arg, uint64_t off, uint8_t *tab), void *arg);
 
 /* Drop a cached table (after it was rewritten or freed). */
 void l2c_invalidate(struct l2cache *c, uint64_t off);

@@ -84,18 +84,14 @@ static int queue_sync(struct uq_flush *fl, struct io_file *f, uint64_t *mark)
 	return uq_batch_fsync(&fl->b, f, mark, now);
 }
 
-/* The cache hands out a scratch copy: the write gets its own. */
-static int queue_l2(void *arg, uint64_t off, const uint8_t *tab)
+/* The cache hands over a copy: the write owns it until it completes. */
+static int queue_l2(void *arg, uint64_t off, uint8_t *tab)
 {
 	struct uq_flush *fl = arg;
 	uq_image *img = fl->b.img;
-	void *copy;
 
-	if (posix_memalign(&copy, img->align, csz(img)))
-		return -ENOMEM;
-	memcpy(copy, tab, csz(img));
 	uq_count(img->ctx, UQ_STAT_L2_WRITEBACKS, 1);
-	return uq_batch_write(&fl->b, UQ_MK_L2, copy, csz(img), off, copy);
+	return uq_batch_write(&fl->b, UQ_MK_L2, tab, csz(img), off, tab);
 }
 
 /* One step: 0 when its requests are queued (maybe none), 1 when it waits
