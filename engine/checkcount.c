@@ -532,14 +532,19 @@ void ck_report_overlaps(struct ck *ck)
 		const struct ck_overlap *o = &ck->ov[i];
 		bool in_place = ck_kind_in_place(o->a) || ck_kind_in_place(o->b);
 		uint64_t s;
-		bool right = ck_stored(ck, o->cluster, &s) == 0 && s == ck_count(ck, o->cluster);
+		bool known = ck_stored(ck, o->cluster, &s) == 0;
+		bool right = known && s == ck_count(ck, o->cluster);
 
 		if (!in_place && right)
 			continue;
 		ck_msg(ck, "ERROR cluster %" PRIu64 " is used as %s and as %s",
 		       o->cluster, uq_mkind_name(o->a), uq_mkind_name(o->b));
-		/* an overflow was counted for it already */
-		if (right && !(ck->kind[o->cluster] & K_OVERFLOW))
+		/* Counted already: a refcount too low (the compare), one it
+		 * couldn't read (a check error), an overflow. A refcount too
+		 * high was only a leak: fixing it must not turn the overlap
+		 * into a corruption the check didn't count before. */
+		if (in_place && known && s >= ck_count(ck, o->cluster) &&
+		    !(ck->kind[o->cluster] & K_OVERFLOW))
 			ck->res->corruptions++;
 	}
 }
