@@ -53,6 +53,7 @@
 #define MAX_SNAPS 3                /* snapshots the script keeps mirrors of */
 #define MAX_BMS 4                  /* bitmaps the script keeps shadows of */
 #define BUF_SIZE (MAX_OP_LEN * 8)  /* the largest cluster, >= CHUNK */
+#define DEEP_EVERY 4               /* scripts ending in check + reopen */
 
 /* image_mutator.c */
 size_t uq_fuzz_mutate_image(uint8_t *data, size_t size, size_t max_size,
@@ -135,6 +136,7 @@ static void die(const char *what, const struct sess *s, uint64_t off)
 
 /* ---- opening and closing through the recorder ---- */
 
+/* rec NULL: no recorder (the session will never reopen). */
 static int open_rw(const uint8_t *data, size_t size, unsigned flags,
 		   uq_image **img, struct io_fault **rec)
 {
@@ -162,6 +164,8 @@ static int open_rw(const uint8_t *data, size_t size, unsigned flags,
 	while (f->inner)
 		f = f->inner;
 	FUZZ_CHECK(io_mem_set_limit(f, size + FILE_ROOM) == 0);
+	if (!rec)
+		return 0;
 	ret = uq_image_wrap_file(*img, io_fault_wrap_fn, rec);
 	if (ret < 0) {
 		uq_close(*img);
@@ -220,6 +224,14 @@ static void verify(struct sess *s, uint64_t off, uint64_t len)
 
 		if (r < 0 || (size_t)r != n)
 			die("read of acknowledged data failed", s, off);
+		/* equal bytes are equal wherever known: only a chunk that
+		 * differs somewhere needs the byte loop (instrumented, it was
+		 * a comparison callback per byte) */
+		if (!memcmp(s->buf, s->mirror + off, n)) {
+			off += n;
+			len -= n;
+			continue;
+		}
 		for (size_t i = 0; i < n; i++)
 			if (s->known[off + i] && s->buf[i] != s->mirror[off + i]) {
 				fprintf(stderr, "image_ops: byte 0x%llx reads 0x%02x, "
@@ -236,6 +248,11 @@ static void verify(struct sess *s, uint64_t off, uint64_t len)
 
 static bool trace;
 static bool strict_repair;   /* IMAGE_OPS_STRICT_REPAIR=1 */
+static bool deep;            /* this input ends with check, reopen, again */
+
+/* Defined by standalone_main.c: replays (the test suite, reproducing a
+ * crash without libFuzzer) run every input deep. */
+extern const int uq_fuzz_standalone __attribute__((weak));
 
 /* A COPIED flag missing on a cluster whose refcount is 1 costs one
  * needless copy on the next write, nothing more. It is what an image
@@ -1006,7 +1023,8 @@ static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
 			 * and what it left on disk is not corrupt */
 			if (s->clean)
 				verify(s, 0, s->vsize);
-			if (reopen(s, true))
+			/* (without a recorder: a shallow input, no reopen) */
+			if (s->rec && reopen(s, true))
 				check(s, "after a failed request and reopen");
 			return;
 		}
@@ -1025,7 +1043,14 @@ static void run_script(struct sess *s, const uint8_t *ops, unsigned nops)
 		}
 	}
 
-	/* the end of every script: check, read back, reopen, again */
+	/* the end of every script: read back. A deep one (see is_deep)
+	 * checks first, then reopens and does both again: those were most
+	 * of an input's time, on every input */
+	if (!deep) {
+		if (s->clean)
+			verify(s, 0, s->vsize);
+		return;
+	}
 	check(s, "at the end of the script");
 	if (s->clean)
 		verify(s, 0, s->vsize);
@@ -1052,6 +1077,34 @@ static size_t split(const uint8_t *data, size_t size, unsigned *nops)
 	return size - 1 - n * OP_SIZE;
 }
 
+/* One script in DEEP_EVERY, chosen by its bytes (so a crash replays
+ * the same way), ends deep. IMAGE_OPS_DEEP=1 or a standalone replay
+ * makes every input deep; IMAGE_OPS_DEEP=0 replays the fuzzer's choice. */
+static bool is_deep(const uint8_t *ops, unsigned nops)
+{
+	const char *env = getenv("IMAGE_OPS_DEEP");
+	uint32_t h = 2166136261u;
+
+	if (env ? *env != '0' : &uq_fuzz_standalone != NULL)
+		return true;
+	for (size_t i = 0; i < (size_t)nops * OP_SIZE; i++)
+		h = (h ^ ops[i]) * 16777619u;
+	return h % DEEP_EVERY == 0;
+}
+
+/* A session reopens only for these, or when it ends deep: the others
+ * need no recorder (it copied the image and every write). */
+static bool may_reopen(const uint8_t *ops, unsigned nops)
+{
+	for (unsigned i = 0; i < nops; i++) {
+		unsigned code = ops[i * OP_SIZE] % OP_COUNT;
+
+		if (code == OP_REOPEN || code == OP_REPAIR)
+			return true;
+	}
+	return false;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct uq_check_result res;
@@ -1065,7 +1118,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&s, 0, sizeof(s));
 	trace = getenv("IMAGE_OPS_TRACE") != NULL;
 	strict_repair = getenv("IMAGE_OPS_STRICT_REPAIR") != NULL;
-	if (open_rw(data, img_len, 0, &s.img, &s.rec) < 0 &&
+	deep = is_deep(ops, nops);
+	if (open_rw(data, img_len, 0, &s.img,
+		    deep || may_reopen(ops, nops) ? &s.rec : NULL) < 0 &&
 	    !open_for_repair(&s, data, img_len, ops, nops))
 		return 0;
 	info.struct_size = sizeof(info);
@@ -1114,8 +1169,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s.compressible = true;
 	if (trace)
 		fprintf(stderr, "image_ops: %zu-byte image, vsize %llu, cluster %llu, "
-			"%u ops, %s\n", img_len, (unsigned long long)s.vsize,
-			(unsigned long long)s.cs, nops,
+			"%u ops%s, %s\n", img_len, (unsigned long long)s.vsize,
+			(unsigned long long)s.cs, nops, deep ? " (deep)" : "",
 			s.clean ? "consistent" : "inconsistent: no oracle");
 	run_script(&s, ops, nops);
 out:
