@@ -251,19 +251,33 @@ static int close_take(uq_image *img, struct kept *k, struct kept *out,
 
 /* ---- guest content ---- */
 
+/* Compressible: runs of 128 equal bytes that follow the guest offset;
+ * else xorshift, eight bytes a step (a byte a step, instrumented, was a
+ * comparison callback per byte: a tenth of a large write's time). */
 static void fill(uint8_t *p, size_t len, uint64_t off, uint8_t seed,
 		 bool compressible)
 {
 	uint64_t x = (off + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+	size_t i = 0;
 
-	for (size_t i = 0; i < len; i++) {
-		if (compressible) {
-			p[i] = (uint8_t)(seed ^ ((off + i) >> 7));
-		} else {
+	if (compressible) {
+		while (i < len) {
+			uint64_t at = off + i;
+			size_t n = 128 - (size_t)(at & 127);
+
+			if (n > len - i)
+				n = len - i;
+			memset(p + i, (uint8_t)(seed ^ (at >> 7)), n);
+			i += n;
+		}
+	} else {
+		for (; i < len; i += 8) {
+			size_t n = len - i < 8 ? len - i : 8;
+
 			x ^= x << 13;
 			x ^= x >> 7;
 			x ^= x << 17;
-			p[i] = (uint8_t)x;
+			memcpy(p + i, &x, n);
 		}
 	}
 	/* never all zeros: a lost write must show */
