@@ -201,6 +201,8 @@ static int run(struct ck *ck, unsigned flags)
 
 	ret = ck_sync(ck);
 	if (ret == 0)
+		ret = ck_l1_on_disk(ck, flags);
+	if (ret == 0)
 		ret = ck_load(ck, &nl2);
 	if (ret == 0)
 		ret = ck_calculate(ck, flags);

@@ -121,6 +121,7 @@ void ck_report_overlaps(struct ck *ck);
 
 /* checkrepair.c */
 int ck_sync(struct ck *ck);
+int ck_l1_on_disk(struct ck *ck, unsigned flags);
 int ck_write_state(struct ck *ck);
 int ck_fix_refcount(struct ck *ck, uint64_t cluster, uint64_t stored, uint64_t want);
 int ck_write_refcounts(struct ck *ck);

@@ -521,6 +521,30 @@ int ck_compare(struct ck *ck, unsigned fix, uint64_t *highest)
 	return ret;
 }
 
+/* The active L1 table is written in place whatever its refcount, so a
+ * snapshot's L1 table in the same cluster changes with it: the next
+ * write's new L2 shows up in the snapshot too (found by image_ops: a
+ * repair set the refcount to 2, the image checked clean, and one write
+ * left clusters referenced twice with refcount 1). Same kind, so no
+ * overlap was recorded; the count tells: the active walk counts each of
+ * its clusters once. No repair can fix it (qemu's can't either). */
+static void report_shared_active_l1(struct ck *ck)
+{
+	const uq_image *img = ck->img;
+	uint32_t cb = img->g.cluster_bits;
+	uint64_t off = img->h.l1_table_offset, len = (uint64_t)img->h.l1_size * 8;
+
+	if (!len || off > UINT64_MAX - len)
+		return;
+	for (uint64_t c = off >> cb; c <= (off + len - 1) >> cb && c < ck->nb; c++) {
+		if ((ck->kind[c] & (K_MASK | K_SHARED)) != UQ_MK_L1 || ck_count(ck, c) < 2)
+			continue;
+		ck_msg(ck, "ERROR cluster %" PRIu64 " is used as the active L1 table "
+		       "and as a snapshot's L1 table", c);
+		ck->res->corruptions++;
+	}
+}
+
 /* Clusters used twice. Copy-on-write keeps shared L2 tables and data
  * consistent as long as the refcount counts every user, so those are
  * reported only when the compare found their refcount wrong; a cluster
@@ -532,15 +556,21 @@ void ck_report_overlaps(struct ck *ck)
 		const struct ck_overlap *o = &ck->ov[i];
 		bool in_place = ck_kind_in_place(o->a) || ck_kind_in_place(o->b);
 		uint64_t s;
-		bool right = ck_stored(ck, o->cluster, &s) == 0 && s == ck_count(ck, o->cluster);
+		bool known = ck_stored(ck, o->cluster, &s) == 0;
+		bool right = known && s == ck_count(ck, o->cluster);
 
 		if (!in_place && right)
 			continue;
 		ck_msg(ck, "ERROR cluster %" PRIu64 " is used as %s and as %s",
 		       o->cluster, uq_mkind_name(o->a), uq_mkind_name(o->b));
-		/* an overflow was counted for it already */
-		if (right && !(ck->kind[o->cluster] & K_OVERFLOW))
+		/* Counted already: a refcount too low (the compare), one it
+		 * couldn't read (a check error), an overflow. A refcount too
+		 * high was only a leak: fixing it must not turn the overlap
+		 * into a corruption the check didn't count before. */
+		if (in_place && known && s >= ck_count(ck, o->cluster) &&
+		    !(ck->kind[o->cluster] & K_OVERFLOW))
 			ck->res->corruptions++;
 	}
+	report_shared_active_l1(ck);
 }
 

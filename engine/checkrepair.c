@@ -34,6 +34,47 @@ int ck_sync(struct ck *ck)
 	return ret;
 }
 
+/* The active L1 table in use must be the one in the file. A cluster
+ * freed while it still held the L1 (an image whose refcounts missed one
+ * of its uses) was punched to zeros under a table the session still read
+ * through; counting from memory, a repair left nothing and the next open
+ * lost the data (image_ops: leaks-back-after-repair-reopen). A repair
+ * writes the table in use back. Called after ck_sync: nothing is dirty. */
+int ck_l1_on_disk(struct ck *ck, unsigned flags)
+{
+	uq_image *img = ck->img;
+	uint64_t n = img->h.l1_size, *disk;
+	int ret;
+
+	if (!img->writable || !n || !img->l1)
+		return 0;
+	ret = uq_read_table64(img, UQ_MK_L1, img->h.l1_table_offset, n, &disk);
+	if (ret < 0) {
+		ck->res->check_errors++;
+		return ret;
+	}
+	if (memcmp(disk, img->l1, (size_t)n * 8)) {
+		ck_msg(ck, "ERROR the active L1 table in the file differs from the "
+		       "one in use%s", flags & UQ_CHECK_REPAIR_ERRORS ?
+		       ": writing it back" : "");
+		ck->res->corruptions++;
+		if (flags & UQ_CHECK_REPAIR_ERRORS) {
+			ret = uq_write_table64(img, UQ_MK_L1, img->h.l1_table_offset,
+					       img->l1, n, n * 8);
+			if (ret == 0)
+				ret = io_fsync(img->file);
+			if (ret < 0) {
+				ck->res->check_errors++;
+			} else {
+				ck->res->corruptions--;
+				ck->res->corruptions_fixed++;
+			}
+		}
+	}
+	free(disk);
+	return ret;
+}
+
 /* Refcount fixes go through the engine's refcount layer, which needs the
  * write state. A repair handle gets it only now: at open the refcount
  * structures may have been too broken to load. */

@@ -20,6 +20,10 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size,
 size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size)
 	__attribute__((weak));
 
+/* Targets that check only a sample of inputs deeply when fuzzing
+ * (image_ops) check every input deeply when replayed by this main. */
+const int uq_fuzz_standalone = 1;
+
 static bool skip_missing;   /* --skip-missing: absent paths are not errors */
 static unsigned mutate_rounds;   /* -mutate=N: also run N custom mutations */
 static unsigned timeout_sec;     /* -timeout=N: fail an input that runs longer */
