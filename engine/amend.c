@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster.h"
 #include "compat.h"
 #include "bitmap.h"
 #include "error.h"
@@ -244,6 +245,38 @@ static int grow_l1(uq_image *img, uint64_t entries, uint64_t size)
 	return ret ? ret : uq_meta_flush(img);
 }
 
+/* Entries for clusters past the old end belong to no guest byte (a
+ * hostile image, or one a tool shrank without clearing them): a grow
+ * must not bring their data into the disk. They are unmapped, as if
+ * never written, before the new size can reach the disk. Only tables
+ * the L1 names are looked at. */
+static int drop_past_end(uq_image *img, uint64_t from, uint64_t to)
+{
+	uint64_t cs = img->g.cluster_size, span = (uint64_t)img->g.l2_entries * cs;
+	uint64_t mapped = (uint64_t)img->h.l1_size * span;
+	int ret = 0;
+
+	if (to > mapped)
+		to = mapped;
+	for (uint64_t off = from; off < to && ret == 0;) {
+		uint64_t l1i = off / span;
+		struct uq_l2map m;
+
+		if (!(img->l1[l1i] & QCOW_L1E_OFFSET_MASK)) {
+			off = (l1i + 1) * span;
+			continue;
+		}
+		ret = uq_map_entry(img, off, &m);
+		if (ret == 0 && m.type != UQ_C_UNALLOC) {
+			ret = uq_l2_set(img, off, 0, 0);
+			if (ret == 0)
+				ret = uq_mapping_release(img, &m, 0);
+		}
+		off += cs;
+	}
+	return ret;
+}
+
 int uq_resize_impl(uq_image *img, uint64_t size)
 {
 	uint64_t entries;
@@ -283,7 +316,11 @@ int uq_resize_impl(uq_image *img, uint64_t size)
 		if (ret == 0)
 			ret = write_size_fields(img, size, img->h.l1_size, img->h.l1_table_offset);
 	} else {
-		ret = uq_meta_flush(img);
+		uint64_t cs = img->g.cluster_size;
+
+		ret = drop_past_end(img, (img->size + cs - 1) & ~(cs - 1), size);
+		if (ret == 0)
+			ret = uq_meta_flush(img);
 		if (ret == 0 && entries > img->h.l1_size)
 			ret = grow_l1(img, entries, size);
 		else if (ret == 0)
