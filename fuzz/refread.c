@@ -352,6 +352,12 @@ static int read_in_cluster(struct refread *r, uint8_t *buf, size_t len, uint64_t
 		if (r->extended_l2 && bitmap)
 			return refuse(-EIO, "L2 entry: compressed cluster with a "
 				      "subcluster bitmap");
+		/* the spec: "bit 63 must be 0" for a compressed cluster (it
+		 * can't be written in place); QEMU doesn't look, both uqcow
+		 * readers refuse */
+		if (l2e & (1ull << 63))
+			return refuse(-EIO, "L2 entry: compressed cluster with the "
+				      "COPIED bit set");
 		/* the last sectors may lie past the end of the file: they read
 		 * as zeros, as any file read does */
 		uint8_t *src = malloc((size_t)clen);
