@@ -70,16 +70,10 @@ int uq_batch_write64(struct uq_batch *b, enum uq_mkind k, uint64_t off, const ui
 		     uint64_t n, uint64_t bytes)
 {
 	uint8_t *raw;
+	int ret = uq_table64_encode(t, n, bytes, &raw);
 
-	if (bytes < n * 8 || bytes > SIZE_MAX)
-		return -EINVAL;
-	if (!bytes)
-		return 0;
-	raw = calloc(1, (size_t)bytes);
-	if (!raw)
-		return -ENOMEM;
-	for (uint64_t i = 0; i < n; i++)
-		uq_put_be64(raw + i * 8, t[i]);
+	if (ret < 0 || !raw)
+		return ret;
 	return uq_batch_write(b, k, raw, (size_t)bytes, off, raw);
 }
 

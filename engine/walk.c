@@ -59,12 +59,11 @@ int uq_read_table64(uq_image *img, enum uq_mkind k, uint64_t off, uint64_t n,
 	return ret;
 }
 
-int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_t *t,
-		     uint64_t n, uint64_t bytes)
+int uq_table64_encode(const uint64_t *t, uint64_t n, uint64_t bytes, uint8_t **out)
 {
 	uint8_t *raw;
-	int ret;
 
+	*out = NULL;
 	if (bytes < n * 8 || bytes > SIZE_MAX)
 		return -EINVAL;
 	if (!bytes)
@@ -74,7 +73,18 @@ int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_
 		return -ENOMEM;
 	for (uint64_t i = 0; i < n; i++)
 		uq_put_be64(raw + i * 8, t[i]);
-	ret = uq_meta_pwrite(img, k, raw, (size_t)bytes, off);
+	*out = raw;
+	return 0;
+}
+
+int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_t *t,
+		     uint64_t n, uint64_t bytes)
+{
+	uint8_t *raw;
+	int ret = uq_table64_encode(t, n, bytes, &raw);
+
+	if (ret == 0 && raw)
+		ret = uq_meta_pwrite(img, k, raw, (size_t)bytes, off);
 	free(raw);
 	return ret;
 }

@@ -116,6 +116,9 @@ uint64_t uq_snaptable_bytes(const uq_image *img);
 int uq_read_table64(uq_image *img, enum uq_mkind k, uint64_t off, uint64_t n,
 		    uint64_t **out);
 
+/* n host-order entries as big-endian bytes, zero-padded to bytes >=
+ * n * 8: *out is malloc'd (NULL when bytes is 0). */
+int uq_table64_encode(const uint64_t *t, uint64_t n, uint64_t bytes, uint8_t **out);
 /* Write n host-order entries big-endian at off, zero-padded to bytes
  * (>= n * 8; a new table's tail must read as zeros). */
 int uq_write_table64(uq_image *img, enum uq_mkind k, uint64_t off, const uint64_t *t,
