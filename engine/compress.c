@@ -14,26 +14,40 @@
 #include "error.h"
 #include "format.h"
 
-/* Decompression state kept from one cluster to the next: setting up a
- * zstd context (and its window buffers) or a zlib stream costs more than
- * inflating a small cluster. */
-struct uq_inflater {
+/* Codec state kept from one cluster to the next: setting up a zstd
+ * context (and its window buffers) or a zlib stream costs more than
+ * inflating a small cluster, and a deflate stream's init clears some
+ * 256 KiB of tables. */
+struct uq_codec {
 	z_stream z;
 	bool z_ready;
 	ZSTD_DCtx *zd;
+	z_stream zc;              /* deflate */
+	bool zc_ready;
+	ZSTD_CCtx *zcc;
 };
 
-void uq_inflater_free(struct uq_inflater *f)
+void uq_codec_free(struct uq_codec *f)
 {
 	if (!f)
 		return;
 	if (f->z_ready)
 		inflateEnd(&f->z);
 	ZSTD_freeDCtx(f->zd);
+	if (f->zc_ready)
+		deflateEnd(&f->zc);
+	ZSTD_freeCCtx(f->zcc);
 	free(f);
 }
 
-static int zlib_inflate(struct uq_inflater *f, const void *src, size_t slen,
+static int codec_get(struct uq_codec **fp)
+{
+	if (!*fp && !(*fp = calloc(1, sizeof(**fp))))
+		return -ENOMEM;
+	return 0;
+}
+
+static int zlib_inflate(struct uq_codec *f, const void *src, size_t slen,
 			void *dst, size_t dlen)
 {
 	z_stream *s = &f->z;
@@ -62,7 +76,7 @@ static int zlib_inflate(struct uq_inflater *f, const void *src, size_t slen,
 	return -EIO;
 }
 
-static int zstd_inflate(struct uq_inflater *f, const void *src, size_t slen,
+static int zstd_inflate(struct uq_codec *f, const void *src, size_t slen,
 			void *dst, size_t dlen)
 {
 	ZSTD_inBuffer in = { src, slen, 0 };
@@ -86,14 +100,14 @@ static int zstd_inflate(struct uq_inflater *f, const void *src, size_t slen,
 	return out.pos == out.size ? 0 : -EIO;
 }
 
-int uq_decompress(struct uq_inflater **fp, int type, const void *src, size_t slen,
+int uq_decompress(struct uq_codec **fp, int type, const void *src, size_t slen,
 		  void *dst, size_t dlen)
 {
 	int ret;
 
 	if (type != QCOW_COMPRESS_ZLIB && type != QCOW_COMPRESS_ZSTD)
 		return uq_seterr(-EINVAL, "compression_type %d is unknown", type);
-	if (!*fp && !(*fp = calloc(1, sizeof(**fp))))
+	if (codec_get(fp) < 0)
 		return -ENOMEM;
 	if (type == QCOW_COMPRESS_ZLIB)
 		ret = zlib_inflate(*fp, src, slen, dst, dlen);
@@ -105,49 +119,53 @@ int uq_decompress(struct uq_inflater **fp, int type, const void *src, size_t sle
 	return ret;
 }
 
-static ssize_t zlib_deflate(const void *src, size_t slen, void *dst, size_t dcap)
+static ssize_t zlib_deflate(struct uq_codec *f, const void *src, size_t slen, void *dst,
+			    size_t dcap)
 {
-	z_stream s = { 0 };
-	ssize_t ret;
+	z_stream *s = &f->zc;
 	int zr;
 
 	if (slen > UINT32_MAX || dcap > UINT32_MAX)
 		return -EINVAL;
-	if (deflateInit2(&s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-			 Z_DEFAULT_STRATEGY) != Z_OK)
-		return -ENOMEM;
-	s.next_in = (Bytef *)src;
-	s.avail_in = (uInt)slen;
-	s.next_out = dst;
-	s.avail_out = (uInt)dcap;
-	zr = deflate(&s, Z_FINISH);
+	if (!f->zc_ready) {
+		memset(s, 0, sizeof(*s));
+		if (deflateInit2(s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+				 Z_DEFAULT_STRATEGY) != Z_OK)
+			return -ENOMEM;
+		f->zc_ready = true;
+	} else if (deflateReset(s) != Z_OK) {
+		return -EIO;
+	}
+	s->next_in = (Bytef *)src;
+	s->avail_in = (uInt)slen;
+	s->next_out = dst;
+	s->avail_out = (uInt)dcap;
+	zr = deflate(s, Z_FINISH);
 	if (zr == Z_STREAM_END)
-		ret = (ssize_t)(dcap - s.avail_out);
-	else if (zr == Z_OK || zr == Z_BUF_ERROR)
-		ret = -ENOSPC;
-	else
-		ret = -EIO;
-	deflateEnd(&s);
-	return ret;
+		return (ssize_t)(dcap - s->avail_out);
+	return zr == Z_OK || zr == Z_BUF_ERROR ? -ENOSPC : -EIO;
 }
 
-static ssize_t zstd_deflate(const void *src, size_t slen, void *dst, size_t dcap)
+static ssize_t zstd_deflate(struct uq_codec *f, const void *src, size_t slen, void *dst,
+			    size_t dcap)
 {
-	size_t r = ZSTD_compress(dst, dcap, src, slen, ZSTD_CLEVEL_DEFAULT);
+	size_t r;
 
+	if (!f->zcc && !(f->zcc = ZSTD_createCCtx()))
+		return -ENOMEM;
+	r = ZSTD_compressCCtx(f->zcc, dst, dcap, src, slen, ZSTD_CLEVEL_DEFAULT);
 	if (ZSTD_isError(r))
 		return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall ? -ENOSPC : -EIO;
 	return (ssize_t)r;
 }
 
-ssize_t uq_compress(int type, const void *src, size_t slen, void *dst, size_t dcap)
+ssize_t uq_compress(struct uq_codec **fp, int type, const void *src, size_t slen, void *dst,
+		    size_t dcap)
 {
-	switch (type) {
-	case QCOW_COMPRESS_ZLIB:
-		return zlib_deflate(src, slen, dst, dcap);
-	case QCOW_COMPRESS_ZSTD:
-		return zstd_deflate(src, slen, dst, dcap);
-	default:
+	if (type != QCOW_COMPRESS_ZLIB && type != QCOW_COMPRESS_ZSTD)
 		return uq_seterr(-EINVAL, "compression_type %d is unknown", type);
-	}
+	if (codec_get(fp) < 0)
+		return -ENOMEM;
+	return type == QCOW_COMPRESS_ZLIB ? zlib_deflate(*fp, src, slen, dst, dcap)
+					  : zstd_deflate(*fp, src, slen, dst, dcap);
 }

@@ -40,8 +40,8 @@ struct uq_ctx {
 	struct uq_ctx *queues, *qnext;   /* under stats.c's lock */
 	uint64_t folded[UQ_STAT_COUNT];  /* destroyed queues'; under the lock */
 	uint64_t base[UQ_STAT_COUNT];
-	/* reused by compressed reads on this queue (read.c) */
-	struct uq_inflater *inflater;
+	/* reused by compressed reads and writes on this queue (compress.c) */
+	struct uq_codec *codec;
 	uint8_t *scratch;        /* one cluster, for partial compressed reads */
 	size_t scratch_len;
 };

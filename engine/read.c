@@ -155,8 +155,8 @@ static uint8_t *ctx_scratch(struct uq_ctx *ctx, size_t len)
 
 void uq_ctx_release(struct uq_ctx *ctx)
 {
-	uq_inflater_free(ctx->inflater);
-	ctx->inflater = NULL;
+	uq_codec_free(ctx->codec);
+	ctx->codec = NULL;
 	free(ctx->scratch);
 	ctx->scratch = NULL;
 	ctx->scratch_len = 0;
@@ -175,7 +175,7 @@ static void compressed_done(struct io_req *io, ssize_t res)
 	if (!ret && op->len != cs && !(cluster = ctx_scratch(rq->ctx, cs)))
 		ret = -ENOMEM;
 	if (!ret)
-		ret = uq_decompress(&rq->ctx->inflater, img->h.compression_type,
+		ret = uq_decompress(&rq->ctx->codec, img->h.compression_type,
 				    op->cbuf, io->len, cluster, cs);
 	if (!ret && cluster != op->dst)
 		memcpy(op->dst, cluster + op->intra, op->len);

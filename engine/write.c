@@ -242,7 +242,7 @@ int uq_write_compressed(struct wreq *wr, const uint8_t *buf, uint64_t off, size_
 	}
 	memcpy(plain, buf, len);
 	/* not worth it unless it saves at least a sector */
-	n = uq_compress(img->h.compression_type, plain, cs, z, cs - 512);
+	n = uq_compress(&img->ctx->codec, img->h.compression_type, plain, cs, z, cs - 512);
 	if (n == -ENOSPC) {
 		ret = img->g.extended_l2 ? write_subclusters(wr, buf, off, len)
 					 : write_cluster(wr, buf, off, len);

@@ -142,10 +142,12 @@ static void build_image(struct build *b, unsigned cbits, bool v3, bool extl2,
 				uq_put_be64(e + 8, 0xffffffffull);
 		} else if (kind == 4) {
 			uint8_t *plain = malloc(b->cs), *z = malloc(2 * b->cs);
+			struct uq_codec *codec = NULL;
 			ssize_t n;
 
 			fill_random(plain, b->cs, 1);
-			n = uq_compress(ctype, plain, b->cs, z, 2 * b->cs);
+			n = uq_compress(&codec, ctype, plain, b->cs, z, 2 * b->cs);
+			uq_codec_free(codec);
 			CHECK(n > 0);
 			/* pack at a random, unaligned spot of a fresh host area */
 			uint64_t host = alloc_host(b, 3 * b->cs) + rnd() % b->cs;
